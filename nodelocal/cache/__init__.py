@@ -1,0 +1,1 @@
+"""TTL-aware LRU answer cache and the policy that decides what goes in it."""

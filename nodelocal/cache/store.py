@@ -1,0 +1,192 @@
+"""TTL-aware LRU store of wire answers, partitioned by zone and kind, bounded by entries and by bytes.
+
+One index serves every zone (node-local-dns keeps a separate cache per server block, REFERENCE.md),
+while each (zone, kind) partition keeps its own LRU order and entry cap. A shared byte budget bounds
+the whole store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from nodelocal.dns import wire
+
+SUCCESS, DENIAL = 0, 1
+KIND_NAMES = ("success", "denial")
+
+# Fixed per-entry cost on top of the byte strings: the Entry object, its tuples, two dict slots.
+ENTRY_OVERHEAD = 400
+
+OPT_PLAIN = wire.opt_record(1232, False)
+OPT_DO = wire.opt_record(1232, True)
+
+
+class Entry:
+    """One answer ready to be sent: header tail, records after the question, where their TTLs sit."""
+
+    __slots__ = (
+        "key", "rcode", "kind", "hdr", "hdr_opt", "opt", "template", "ttl_offsets", "ttls",
+        "body", "sec", "stored", "expires", "ttl", "hits", "part", "size",
+    )
+
+    def __init__(
+        self,
+        key: bytes,
+        rcode: int,
+        kind: int,
+        hdr: bytes,
+        template: bytes,
+        ttl_offsets: tuple[int, ...],
+        ttls: tuple[int, ...],
+        do: bool,
+        stored: float,
+        ttl: int,
+    ) -> None:
+        self.key = key
+        self.rcode = rcode
+        self.kind = kind
+        self.hdr = hdr  # header bytes 2..12: flags and counts, ARCOUNT without OPT
+        arcount = (hdr[8] << 8 | hdr[9]) + 1
+        self.hdr_opt = hdr[:8] + bytes([arcount >> 8, arcount & 0xFF])
+        self.opt = OPT_DO if do else OPT_PLAIN
+        self.template = template  # every record after the question, OPT removed
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls  # each record's TTL, already capped at the entry TTL
+        self.body = template
+        self.sec = 0  # whole seconds elapsed that `body` was patched for
+        self.stored = stored
+        self.ttl = ttl
+        self.expires = stored + ttl
+        self.hits = 0
+        self.part: Partition | None = None
+        self.size = len(key) + 2 * len(template) + ENTRY_OVERHEAD
+
+    def body_at(self, now: float) -> bytes:
+        """The records with TTLs decremented by the whole seconds elapsed since the answer was stored."""
+        sec = int(now - self.stored)
+        if sec != self.sec:
+            self.body = wire.pack_ttls(self.template, self.ttl_offsets, self.ttls, sec)
+            self.sec = sec
+        return self.body
+
+    def render(self, query: bytes, qend: int, limit: int, edns: bool, now: float) -> bytes:
+        """The reply for one client: its ID and question spelling, our OPT if it sent one, TC if too big.
+
+        `limit` is the client's UDP payload size (0 for TCP: no limit).
+        """
+        body = self.body_at(now)
+        if edns:
+            out = b"".join((query[:2], self.hdr_opt, query[12:qend], body, self.opt))
+        else:
+            out = b"".join((query[:2], self.hdr, query[12:qend], body))
+        if limit and len(out) > limit:
+            return wire.truncated_reply(query, qend, self.hdr, self.opt if edns else b"")
+        return out
+
+
+class Partition:
+    """The entries of one (zone, kind) in LRU order, with their own entry cap."""
+
+    __slots__ = ("zone", "kind", "capacity", "lru", "bytes", "evictions", "hits")
+
+    def __init__(self, zone: str, kind: int, capacity: int) -> None:
+        self.zone = zone
+        self.kind = kind
+        self.capacity = capacity
+        self.lru: OrderedDict[bytes, Entry] = OrderedDict()
+        self.bytes = 0
+        self.evictions = 0
+        self.hits = 0  # counted by whoever serves a hit (the UDP hot path, the slow path)
+
+
+class Store:
+    """The answer cache: an index for the hot path, partitions for eviction order and caps."""
+
+    def __init__(self, max_bytes: int, now: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self.now = now
+        self.index: dict[bytes, Entry] = {}
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.bytes = 0
+        self.expired_reclaimed = 0
+
+    def partition(self, zone: str, kind: int, capacity: int) -> Partition:
+        """The partition for (zone, kind), created on first use; its cap follows the latest config."""
+        part = self.partitions.get((zone, kind))
+        if part is None:
+            part = self.partitions[(zone, kind)] = Partition(zone, kind, capacity)
+        part.capacity = capacity
+        return part
+
+    def get(self, key: bytes, now: float) -> Entry | None:
+        """A live entry for `key`, marked most recently used; None on a miss or an expired entry."""
+        e = self.index.get(key)
+        if e is None or now >= e.expires:
+            return None
+        e.hits += 1
+        part = e.part
+        assert part is not None
+        part.hits += 1
+        part.lru.move_to_end(key)
+        return e
+
+    def put(self, entry: Entry, part: Partition) -> None:
+        """Insert or replace `entry`, then evict until the partition cap and the byte budget hold."""
+        old = self.index.get(entry.key)
+        if old is not None:
+            self._drop(old)
+        if part.capacity <= 0 or entry.size > self.max_bytes:
+            return
+        entry.part = part
+        self.index[entry.key] = entry
+        part.lru[entry.key] = entry
+        part.bytes += entry.size
+        self.bytes += entry.size
+        while len(part.lru) > part.capacity:
+            self._evict(part)
+        while self.bytes > self.max_bytes:
+            self._evict(max(self.partitions.values(), key=lambda p: p.bytes))
+
+    def sweep(self, now: float, budget: int = 100_000) -> int:
+        """Reclaim expired entries, looking at no more than `budget` of them; returns how many went."""
+        gone = 0
+        for part in self.partitions.values():
+            dead = []
+            for key, e in part.lru.items():
+                if budget <= 0:
+                    break
+                budget -= 1
+                if now >= e.expires:
+                    dead.append(e)
+            for e in dead:
+                self._drop(e)
+            gone += len(dead)
+        self.expired_reclaimed += gone
+        return gone
+
+    def clear(self, zone: str | None = None) -> None:
+        """Drop every entry, or those of one zone."""
+        for (z, _kind), part in self.partitions.items():
+            if zone is None or z == zone:
+                for e in list(part.lru.values()):
+                    self._drop(e)
+
+    def entries(self, kind: int) -> int:
+        return sum(len(p.lru) for p in self.partitions.values() if p.kind == kind)
+
+    def _evict(self, part: Partition) -> None:
+        _key, e = next(iter(part.lru.items()))
+        part.evictions += 1
+        self._drop(e)
+
+    def _drop(self, e: Entry) -> None:
+        part = e.part
+        if part is None:
+            return
+        del part.lru[e.key]
+        del self.index[e.key]
+        part.bytes -= e.size
+        self.bytes -= e.size
+        e.part = None

@@ -1,0 +1,252 @@
+"""Byte-level DNS scanning and building (RFC 1035 §4, RFC 6891): what the hot path and the cache use.
+
+Nothing here allocates a parsed message: functions walk the bytes, check every bound and return offsets.
+dnspython is the oracle these functions are tested against (tests/unit/test_wire.py).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from nodelocal.errors import WireError
+
+HEADER_LEN = 12
+
+# RFC 1035 §4.1.1 / RFC 6895 header bits, as they sit in byte 2 and byte 3 of the header.
+QR = 0x80
+OPCODE_MASK = 0x78
+AA = 0x04
+TC = 0x02
+RD = 0x01
+RA = 0x80
+AD = 0x20
+CD = 0x10
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16  # extended RCODE, RFC 6891 §6.1.3
+
+TYPE_SOA = 6
+TYPE_OPT = 41
+TYPE_AXFR = 252
+TYPE_IXFR = 251
+
+DO_BIT = 0x8000  # in the OPT TTL field's flags half, RFC 3225
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
+_HEADER = struct.Struct(">HBBHHHH")
+
+# The key suffix is empty for the common flags (RD=1, CD=0, DO=0) so the hot path builds no extra
+# bytes for them. Any other combination appends one byte with the high bit set. A DNS question is
+# self-delimiting, so a key with a suffix can never equal a key without one.
+_SUFFIXES = tuple(b"" if f == 1 else bytes([0x80 | f]) for f in range(8))
+
+
+def key_suffix(rd: bool, cd: bool, do: bool) -> bytes:
+    """The cache-key suffix for the query flags that change the answer (RD, CD, DO)."""
+    return _SUFFIXES[int(rd) | int(cd) << 1 | int(do) << 2]
+
+
+def skip_name(buf: bytes, off: int) -> int:
+    """Return the offset just past the (possibly compressed) name starting at `off`."""
+    n = len(buf)
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end of the message")
+        ln = buf[off]
+        if ln == 0:
+            return off + 1
+        if ln & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("truncated compression pointer")
+            return off + 2
+        if ln & 0xC0:
+            raise WireError(f"unsupported label type 0x{ln:02x}")
+        off += 1 + ln
+
+
+def question_end(buf: bytes) -> int:
+    """Offset just past the single question of `buf` (uncompressed name, as queries carry it)."""
+    if len(buf) < HEADER_LEN:
+        raise WireError("message shorter than a header")
+    off = HEADER_LEN
+    total = 0
+    n = len(buf)
+    while True:
+        if off >= n:
+            raise WireError("question name runs past the end")
+        ln = buf[off]
+        if ln == 0:
+            off += 1
+            break
+        if ln > 63:
+            raise WireError("compressed or invalid label in question")
+        total += ln + 1
+        if total > 254:
+            raise WireError("question name longer than 255 octets")
+        off += 1 + ln
+    if off + 4 > n:
+        raise WireError("question truncated before type and class")
+    return off + 4
+
+
+def question_key(buf: bytes, qend: int, suffix: bytes) -> bytes:
+    """The cache key of a question: lowercased name+type+class wire plus the flags suffix.
+
+    bytes.lower() only maps A-Z; length octets are <= 63, below 'A' (65), so they are never changed.
+    """
+    return buf[HEADER_LEN:qend].lower() + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class Opt:
+    """The client's EDNS0 OPT record (RFC 6891 §6.1.2)."""
+
+    payload: int
+    version: int
+    do: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Where one resource record sits in a message."""
+
+    offset: int  # start of the owner name
+    end: int  # just past the rdata
+    rtype: int
+    ttl_offset: int
+    ttl: int
+    rdata_offset: int
+    rdlen: int
+    section: int  # 0 answer, 1 authority, 2 additional
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A response walked end to end: header fields, question bounds, every record."""
+
+    qid: int
+    flags: int  # 16-bit header flags
+    qdcount: int
+    qend: int
+    records: tuple[Record, ...]
+    opt: Record | None
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & (TC << 8))
+
+
+def scan(buf: bytes) -> Scan:
+    """Walk a whole message; raise WireError if any count, length or name runs out of bounds."""
+    if len(buf) < HEADER_LEN:
+        raise WireError("message shorter than a header")
+    qid, f1, f2, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
+    n = len(buf)
+    off = HEADER_LEN
+    for _ in range(qd):
+        off = skip_name(buf, off) + 4
+        if off > n:
+            raise WireError("question truncated")
+    qend = off
+    records: list[Record] = []
+    opt: Record | None = None
+    for section, count in ((0, an), (1, ns), (2, ar)):
+        for _ in range(count):
+            start = off
+            off = skip_name(buf, off)
+            if off + 10 > n:
+                raise WireError("record header truncated")
+            rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, off)
+            rr = Record(start, off + 10 + rdlen, rtype, off + 4, ttl, off + 10, rdlen, section)
+            if rr.end > n:
+                raise WireError("rdata runs past the end")
+            off = rr.end
+            if rtype == TYPE_OPT:
+                if section != 2 or opt is not None:
+                    raise WireError("OPT outside the additional section or repeated")
+                opt = rr
+            else:
+                records.append(rr)
+    if off != n:
+        raise WireError(f"{n - off} trailing bytes after the last record")
+    return Scan(qid, f1 << 8 | f2, qd, qend, tuple(records), opt)
+
+
+def soa_minimum(buf: bytes, rr: Record) -> int:
+    """The MINIMUM field of an SOA record: the last 32 bits of its rdata (RFC 1035 §3.3.13)."""
+    if rr.rdlen < 22:
+        raise WireError("SOA rdata too short")
+    return int(_U32.unpack_from(buf, rr.rdata_offset + rr.rdlen - 4)[0])
+
+
+def parse_opt(buf: bytes, qend: int) -> Opt | None:
+    """The OPT record of a query whose only additional record starts at `qend`; None if there is none."""
+    if len(buf) == qend:
+        return None
+    if len(buf) < qend + 11 or buf[qend] != 0 or _U16.unpack_from(buf, qend + 1)[0] != TYPE_OPT:
+        raise WireError("additional record is not a root OPT")
+    rdlen = _U16.unpack_from(buf, qend + 9)[0]
+    if qend + 11 + rdlen != len(buf):
+        raise WireError("OPT rdata length does not match the message")
+    payload = _U16.unpack_from(buf, qend + 3)[0]
+    return Opt(payload, buf[qend + 6], bool(buf[qend + 7] & 0x80))
+
+
+def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """An OPT pseudo-record with no options (RFC 6891 §6.1.2)."""
+    return b"\x00" + _U16.pack(TYPE_OPT) + _U16.pack(payload) + bytes(
+        [ext_rcode, 0, 0x80 if do else 0, 0]
+    ) + b"\x00\x00"
+
+
+def build_query(qid: int, question: bytes, rd: bool, cd: bool, do: bool, payload: int) -> bytes:
+    """A query for one question (raw name+type+class bytes) carrying an OPT record."""
+    f1 = RD if rd else 0
+    f2 = CD if cd else 0
+    return _HEADER.pack(qid, f1, f2, 1, 0, 0, 1) + question + opt_record(payload, do)
+
+
+def error_reply(query: bytes, rcode: int, qend: int | None = None, opt: bytes = b"") -> bytes | None:
+    """A reply with `rcode` to a query; None when even the header cannot be read (drop it).
+
+    The question is echoed when `qend` says where it ends; otherwise the reply has no question
+    (RFC 1035 allows QDCOUNT 0 in a FORMERR). `opt` is appended as the only additional record.
+    """
+    if len(query) < HEADER_LEN:
+        return None
+    f1 = QR | (query[2] & (OPCODE_MASK | RD))
+    f2 = (query[3] & CD) | RA | (rcode & 0xF)
+    qd = 1 if qend is not None else 0
+    head = query[:2] + bytes([f1, f2]) + _U16.pack(qd) + b"\x00\x00\x00\x00" + _U16.pack(1 if opt else 0)
+    return head + (query[HEADER_LEN:qend] if qend is not None else b"") + opt
+
+
+def truncated_reply(query: bytes, qend: int, hdr: bytes, opt: bytes) -> bytes:
+    """The reply to send when the answer does not fit the client's UDP size: TC set, question only.
+
+    `hdr` is bytes 2..12 of the full answer's header; its flags are kept, its counts replaced.
+    """
+    return (
+        query[:2]
+        + bytes([hdr[0] | TC, hdr[1]])
+        + b"\x00\x01\x00\x00\x00\x00"
+        + (b"\x00\x01" if opt else b"\x00\x00")
+        + query[HEADER_LEN:qend]
+        + opt
+    )
+
+
+def pack_ttls(template: bytes, offsets: tuple[int, ...], ttls: tuple[int, ...], elapsed: int) -> bytes:
+    """`template` with each TTL at `offsets` set to max(0, ttl - elapsed)."""
+    buf = bytearray(template)
+    pack = _U32.pack_into
+    for off, ttl in zip(offsets, ttls):
+        pack(buf, off, ttl - elapsed if ttl > elapsed else 0)
+    return bytes(buf)

@@ -1,0 +1,33 @@
+"""The one exception tree of nodelocal: every error the agent raises on purpose derives from NodelocalError."""
+
+from __future__ import annotations
+
+
+class NodelocalError(Exception):
+    """Base of every error nodelocal raises on purpose."""
+
+
+class ConfigError(NodelocalError):
+    """Raised when a config file, flag or environment value is invalid; names the field path and value."""
+
+    def __init__(self, path: str, value: object, reason: str) -> None:
+        self.path = path
+        self.value = value
+        self.reason = reason
+        super().__init__(f"config error: {path}: {reason} (got {value!r})")
+
+
+class WireError(NodelocalError):
+    """Raised when bytes on the wire are not a well-formed DNS message."""
+
+
+class UpstreamError(NodelocalError):
+    """Raised when an upstream query fails: timeout, connection error or an invalid reply."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """Raised when an upstream did not answer within the per-try timeout."""
+
+
+class BindError(NodelocalError):
+    """Raised when a listener cannot bind its address (in use, not local, no permission)."""

@@ -1,0 +1,1 @@
+"""Counters, Prometheus exposition and the health/readiness endpoints."""

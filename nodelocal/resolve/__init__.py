@@ -1,0 +1,1 @@
+"""Miss path: zone routing, in-flight coalescing, upstream transports and failover."""

@@ -1,0 +1,206 @@
+"""Upstream transports: one-shot UDP from a fresh random port, and pooled, pipelined TCP.
+
+Every reply is checked before it is believed (RFC 5452 §9.1): the source address (a connected socket,
+checked again), the random ID, QR, and the question. A reply that fails is dropped and counted as
+spoofed; the query keeps waiting for the real one until its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import struct
+from typing import Any
+
+from nodelocal.dns import wire
+from nodelocal.errors import UpstreamError, UpstreamTimeout
+from nodelocal.observe.metrics import Stats
+
+Address = tuple[str, int]
+_U16 = struct.Struct(">H")
+
+
+def reply_matches(reply: bytes, qid: int, question_lc: bytes) -> bool:
+    """Is `reply` a response to our query `qid` for `question_lc` (lowercased name+type+class)?"""
+    end = wire.HEADER_LEN + len(question_lc)
+    return (
+        len(reply) >= end
+        and _U16.unpack_from(reply, 0)[0] == qid
+        and reply[2] & wire.QR != 0
+        and reply[4:6] == b"\x00\x01"
+        and reply[wire.HEADER_LEN:end].lower() == question_lc
+    )
+
+
+class _OneShot(asyncio.DatagramProtocol):
+    def __init__(self, peer: Address, qid: int, question_lc: bytes, stats: Stats) -> None:
+        self.peer = peer
+        self.qid = qid
+        self.question_lc = question_lc
+        self.stats = stats
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.reply.done():
+            return
+        if (addr[0], addr[1]) != self.peer or not reply_matches(data, self.qid, self.question_lc):
+            self.stats.spoofed += 1
+            return
+        self.reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: fail this try now rather than at the timeout.
+        if not self.reply.done():
+            self.reply.set_exception(UpstreamError(f"{self.peer[0]}:{self.peer[1]}: {exc}"))
+
+
+async def udp_exchange(peer: Address, query: bytes, qid: int, question_lc: bytes, timeout: float,
+                       stats: Stats) -> bytes:
+    """Send `query` from a new socket on a kernel-chosen random port; return the matching reply."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: _OneShot(peer, qid, question_lc, stats), remote_addr=peer
+    )
+    try:
+        transport.sendto(query)
+        return await asyncio.wait_for(proto.reply, timeout)
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"{peer[0]}:{peer[1]} did not answer in {timeout:.2f}s") from None
+    finally:
+        transport.close()
+
+
+class _TCPConn(asyncio.Protocol):
+    """One upstream TCP connection carrying many queries at once, matched to replies by ID."""
+
+    def __init__(self, pool: TCPPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
+        self.closed = False
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 2:
+            n = self.buf[0] << 8 | self.buf[1]
+            if len(self.buf) < 2 + n:
+                break
+            msg = bytes(self.buf[2 : 2 + n])
+            del self.buf[: 2 + n]
+            qid = msg[0] << 8 | msg[1] if n >= 2 else -1
+            waiter = self.pending.get(qid)
+            if waiter is None or not reply_matches(msg, qid, waiter[1]):
+                self.pool.stats.spoofed += 1
+                continue
+            del self.pending[qid]
+            if not waiter[0].done():
+                waiter[0].set_result(msg)
+        if not self.pending:
+            self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle is not None:
+            self.idle.cancel()
+        err = UpstreamError(f"{self.pool.label}: connection closed ({exc or 'by peer'})")
+        for fut, _q in self.pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self.pending.clear()
+        self.pool.forget(self)
+
+    def send(self, query: bytes, question_lc: bytes) -> asyncio.Future[bytes]:
+        assert self.transport is not None
+        while True:
+            qid = secrets.randbits(16)
+            if qid not in self.pending:
+                break
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[qid] = (fut, question_lc)
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+        self.transport.write(_U16.pack(len(query)) + _U16.pack(qid) + query[2:])
+        return fut
+
+    def abandon(self, fut: asyncio.Future[bytes]) -> None:
+        """Forget a query that timed out, so its ID can be reused and the idle timer can run."""
+        for qid, (f, _q) in list(self.pending.items()):
+            if f is fut:
+                del self.pending[qid]
+        if not self.pending:
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(self.pool.idle_timeout, self._close_idle)
+
+    def _close_idle(self) -> None:
+        if not self.pending and self.transport is not None:
+            self.transport.close()
+
+
+class TCPPool:
+    """Up to `size` persistent connections to one server; a query takes the least busy one.
+
+    A new connection opens only when every open one already has queries in flight, so a quiet agent
+    holds one connection and a busy one spreads over `size` (CoreDNS answers a connection's queries
+    in order, so one connection would serialise them).
+    """
+
+    def __init__(self, peer: Address, size: int, idle_timeout: float, stats: Stats) -> None:
+        self.peer = peer
+        self.label = f"{peer[0]}:{peer[1]}"
+        self.size = size
+        self.idle_timeout = idle_timeout
+        self.stats = stats
+        self.conns: list[_TCPConn] = []
+        self.connecting = 0
+
+    def forget(self, conn: _TCPConn) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+
+    async def _pick(self, timeout: float) -> _TCPConn:
+        best = min((c for c in self.conns if not c.closed), key=lambda c: len(c.pending), default=None)
+        if best is not None and (not best.pending or len(self.conns) + self.connecting >= self.size):
+            return best
+        loop = asyncio.get_running_loop()
+        self.connecting += 1
+        try:
+            _t, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _TCPConn(self), self.peer[0], self.peer[1]), timeout
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"{self.label}: TCP connect timed out") from None
+        except OSError as e:
+            raise UpstreamError(f"{self.label}: TCP connect failed: {e.strerror or e}") from None
+        finally:
+            self.connecting -= 1
+        self.conns.append(conn)
+        return conn
+
+    async def exchange(self, query: bytes, question_lc: bytes, timeout: float) -> bytes:
+        """Send `query` (its ID is replaced by one unique on the connection); return the reply."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = await self._pick(timeout)
+        fut = conn.send(query, question_lc)
+        try:
+            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            conn.abandon(fut)
+            raise UpstreamTimeout(f"{self.label} did not answer over TCP in {timeout:.2f}s") from None
+
+    def close(self) -> None:
+        for c in list(self.conns):
+            if c.transport is not None:
+                c.transport.close()

@@ -1,0 +1,1 @@
+"""Client-facing UDP and TCP listeners."""

@@ -1,0 +1,111 @@
+"""TCP listener (RFC 7766): length-framed queries, several per connection answered concurrently and
+out of order, an idle timeout, a cap on open connections and on queries in flight per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nodelocal.observe.metrics import Stats
+from nodelocal.resolve.resolver import Resolver
+
+log = logging.getLogger("nodelocal.tcp")
+
+
+class TCPConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: TCPServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.inflight = 0
+        self.paused = False
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        srv = self.server
+        if len(srv.connections) >= srv.max_connections:
+            srv.stats.tcp_rejected += 1
+            transport.close()
+            return
+        srv.connections.add(self)
+        srv.stats.tcp_connections = len(srv.connections)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        srv = self.server
+        srv.connections.discard(self)
+        srv.stats.tcp_connections = len(srv.connections)
+        if self.idle is not None:
+            self.idle.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 2:
+            n = self.buf[0] << 8 | self.buf[1]
+            if len(self.buf) < 2 + n:
+                break
+            msg = bytes(self.buf[2 : 2 + n])
+            del self.buf[: 2 + n]
+            self.server.stats.queries["tcp"] += 1
+            self.inflight += 1
+            if self.idle is not None:
+                self.idle.cancel()
+                self.idle = None
+            task = asyncio.get_running_loop().create_task(self._answer(msg))
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
+            if self.inflight >= self.server.max_pipelined and not self.paused and self.transport is not None:
+                self.paused = True
+                self.transport.pause_reading()
+
+    async def _answer(self, msg: bytes) -> None:
+        try:
+            reply = await self.server.resolver.answer(msg, tcp=True)
+        except Exception:
+            log.exception("tcp query failed")
+            reply = None
+        self.inflight -= 1
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if reply is not None:
+            t.write(len(reply).to_bytes(2, "big") + reply)
+        if self.paused and self.inflight < self.server.max_pipelined:
+            self.paused = False
+            t.resume_reading()
+        if self.inflight == 0:
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.server.idle_timeout, self._idle_close)
+
+    def _idle_close(self) -> None:
+        if self.inflight == 0 and self.transport is not None:
+            self.transport.close()
+
+
+class TCPServer:
+    """Shared state of the TCP listeners: the cap, the idle timeout, the connections to drain."""
+
+    def __init__(self, resolver: Resolver, stats: Stats, idle_timeout: float, max_connections: int,
+                 max_pipelined: int) -> None:
+        self.resolver = resolver
+        self.stats = stats
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_pipelined = max_pipelined
+        self.connections: set[TCPConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def protocol(self) -> TCPConnection:
+        return TCPConnection(self)
+
+    def close_all(self) -> None:
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.close()

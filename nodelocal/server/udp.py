@@ -1,0 +1,105 @@
+"""UDP listener. datagram_received is the hot path: a cache hit is answered there, synchronously.
+
+Everything the fast path does not recognise (EDNS options laid out unusually, other flags, a miss,
+malformed input) goes to the Resolver in a task, which applies the full pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nodelocal.cache.store import Store
+from nodelocal.dns.wire import key_suffix
+from nodelocal.observe.metrics import Stats
+from nodelocal.resolve.resolver import Resolver
+
+log = logging.getLogger("nodelocal.udp")
+
+_SUFFIX = tuple(key_suffix(bool(f & 1), bool(f & 2), bool(f & 4)) for f in range(8))
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT high byte 0
+
+
+class UDPServer(asyncio.DatagramProtocol):
+    """Answers hits inline and hands everything else to the resolver."""
+
+    def __init__(self, resolver: Resolver, store: Store, stats: Stats, max_udp: int,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.resolver = resolver
+        self.index = store.index
+        self.stats = stats
+        self.queries = stats.queries
+        self.rcodes = stats.rcodes
+        self.max_udp = max_udp
+        self.now = now
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport is not a subclass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # HOT PATH, written for speed (DESIGN.md: every Python step here shows in the benchmark).
+        # Recognise the common query layout from the bytes, look the question up, patch and send.
+        self.queries["udp"] += 1
+        n = len(data)
+        if n > 16 and not data[2] & 0xF8 and data[4:11] == _ONE_QUESTION:
+            ar = data[11]
+            flags = (data[2] & 1) | (data[3] & 0x10) >> 3
+            if ar == 0:
+                qend = n
+                limit = 512
+                edns = False
+            elif ar == 1:
+                # Only a trailing root OPT record (type 41), version 0, whose length adds up.
+                qend = data.find(b"\x00", 12) + 5
+                if (
+                    qend < 17
+                    or data[qend : qend + 3] != b"\x00\x00\x29"
+                    or data[qend + 6]
+                    or qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n
+                ):
+                    self._slow(data, addr)
+                    return
+                payload = data[qend + 3] << 8 | data[qend + 4]
+                limit = 512 if payload < 512 else payload if payload < self.max_udp else self.max_udp
+                flags |= (data[qend + 7] & 0x80) >> 5
+                edns = True
+            else:
+                self._slow(data, addr)
+                return
+            key = data[12:qend].lower()
+            if flags != 1:
+                key += _SUFFIX[flags]
+            e = self.index.get(key)
+            if e is not None:
+                now = self.now()
+                if now < e.expires:
+                    e.hits += 1
+                    part = e.part
+                    part.hits += 1
+                    part.lru.move_to_end(key)
+                    self.rcodes[e.rcode] += 1
+                    self.transport.sendto(e.render(data, qend, limit, edns, now), addr)  # type: ignore[union-attr]
+                    return
+        self._slow(data, addr)
+
+    def _slow(self, data: bytes, addr: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, data: bytes, addr: Any) -> None:
+        try:
+            reply = await self.resolver.answer(data, tcp=False)
+        except Exception:
+            log.exception("query from %s failed", addr)
+            return
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
