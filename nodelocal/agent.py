@@ -99,7 +99,7 @@ class Agent:
         sweeper = loop.create_task(self._sweep())
         prober = loop.create_task(wait_ready(cfg, self.stats))
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.stop)
         log.info("serving on %s", ", ".join(f"{p} {format_hostport(a)}" for p, a in self.bound))
         try:
@@ -121,7 +121,7 @@ class Agent:
             prober.cancel()
             self.resolver.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
             # 5. Teardown of network setup would go here (rules first, then the interface).
             log.info("stopped")

@@ -322,9 +322,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"zones.{zname}", zname, "zone names are written without dots at the ends")
         if not z.forward:
             raise ConfigError(f"zones.{zname}.forward", z.forward, "at least one upstream group is needed")
-        for i, g in enumerate(z.forward):
-            if g not in cfg.upstreams:
-                raise ConfigError(f"zones.{zname}.forward[{i}]", g,
+        for i, gname in enumerate(z.forward):
+            if gname not in cfg.upstreams:
+                raise ConfigError(f"zones.{zname}.forward[{i}]", gname,
                                   f"no such upstream group (known: {', '.join(cfg.upstreams)})")
     if "." not in cfg.zones:
         raise ConfigError("zones", sorted(cfg.zones), "a '.' zone is needed for names no other zone covers")

@@ -27,8 +27,23 @@ class Entry:
     """One answer ready to be sent: header tail, records after the question, where their TTLs sit."""
 
     __slots__ = (
-        "key", "rcode", "kind", "hdr", "hdr_opt", "opt", "template", "ttl_offsets", "ttls",
-        "body", "sec", "stored", "expires", "ttl", "hits", "part", "size",
+        "body",
+        "expires",
+        "hdr",
+        "hdr_opt",
+        "hits",
+        "key",
+        "kind",
+        "opt",
+        "part",
+        "rcode",
+        "sec",
+        "size",
+        "stored",
+        "template",
+        "ttl",
+        "ttl_offsets",
+        "ttls",
     )
 
     def __init__(
@@ -89,7 +104,7 @@ class Entry:
 class Partition:
     """The entries of one (zone, kind) in LRU order, with their own entry cap."""
 
-    __slots__ = ("zone", "kind", "capacity", "lru", "bytes", "evictions", "hits")
+    __slots__ = ("bytes", "capacity", "evictions", "hits", "kind", "lru", "zone")
 
     def __init__(self, zone: str, kind: int, capacity: int) -> None:
         self.zone = zone
@@ -154,7 +169,7 @@ class Store:
         gone = 0
         for part in self.partitions.values():
             dead = []
-            for key, e in part.lru.items():
+            for e in part.lru.values():
                 if budget <= 0:
                     break
                 budget -= 1

@@ -247,6 +247,6 @@ def pack_ttls(template: bytes, offsets: tuple[int, ...], ttls: tuple[int, ...], 
     """`template` with each TTL at `offsets` set to max(0, ttl - elapsed)."""
     buf = bytearray(template)
     pack = _U32.pack_into
-    for off, ttl in zip(offsets, ttls):
+    for off, ttl in zip(offsets, ttls, strict=True):
         pack(buf, off, ttl - elapsed if ttl > elapsed else 0)
     return bytes(buf)

@@ -39,8 +39,7 @@ class HTTPServer:
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass
         except Exception:
             log.exception("http handler failed")

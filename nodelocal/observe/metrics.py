@@ -35,7 +35,7 @@ DURATION_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
 class Histogram:
     """A lock-free histogram for the slow path: cumulative at scrape time."""
 
-    __slots__ = ("counts", "total", "n")
+    __slots__ = ("counts", "n", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(DURATION_BUCKETS) + 1)
@@ -49,7 +49,7 @@ class Histogram:
 
     def buckets(self) -> list[tuple[str, float]]:
         out, acc = [], 0
-        for bound, c in zip(DURATION_BUCKETS, self.counts):
+        for bound, c in zip(DURATION_BUCKETS, self.counts, strict=False):
             acc += c
             out.append((repr(bound), float(acc)))
         out.append(("+Inf", float(self.n)))

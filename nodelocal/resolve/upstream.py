@@ -64,7 +64,7 @@ async def udp_exchange(peer: Address, query: bytes, qid: int, question_lc: bytes
     try:
         transport.sendto(query)
         return await asyncio.wait_for(proto.reply, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(f"{peer[0]}:{peer[1]} did not answer in {timeout:.2f}s") from None
     finally:
         transport.close()
@@ -116,7 +116,8 @@ class _TCPConn(asyncio.Protocol):
         self.pool.forget(self)
 
     def send(self, query: bytes, question_lc: bytes) -> asyncio.Future[bytes]:
-        assert self.transport is not None
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise UpstreamError(f"{self.pool.label}: connection closed")
         while True:
             qid = secrets.randbits(16)
             if qid not in self.pending:
@@ -170,7 +171,8 @@ class TCPPool:
             self.conns.remove(conn)
 
     async def _pick(self, timeout: float) -> _TCPConn:
-        best = min((c for c in self.conns if not c.closed), key=lambda c: len(c.pending), default=None)
+        live = (c for c in self.conns if not c.closed and c.transport is not None and not c.transport.is_closing())
+        best = min(live, key=lambda c: len(c.pending), default=None)
         if best is not None and (not best.pending or len(self.conns) + self.connecting >= self.size):
             return best
         loop = asyncio.get_running_loop()
@@ -179,7 +181,7 @@ class TCPPool:
             _t, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _TCPConn(self), self.peer[0], self.peer[1]), timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(f"{self.label}: TCP connect timed out") from None
         except OSError as e:
             raise UpstreamError(f"{self.label}: TCP connect failed: {e.strerror or e}") from None
@@ -196,7 +198,7 @@ class TCPPool:
         fut = conn.send(query, question_lc)
         try:
             return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             conn.abandon(fut)
             raise UpstreamTimeout(f"{self.label} did not answer over TCP in {timeout:.2f}s") from None
 

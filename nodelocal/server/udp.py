@@ -79,9 +79,9 @@ class UDPServer(asyncio.DatagramProtocol):
                 now = self.now()
                 if now < e.expires:
                     e.hits += 1
-                    part = e.part
-                    part.hits += 1
-                    part.lru.move_to_end(key)
+                    part = e.part  # never None while the entry is in the index
+                    part.hits += 1  # type: ignore[union-attr]
+                    part.lru.move_to_end(key)  # type: ignore[union-attr]
                     self.rcodes[e.rcode] += 1
                     self.transport.sendto(e.render(data, qend, limit, edns, now), addr)  # type: ignore[union-attr]
                     return
