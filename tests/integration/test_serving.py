@@ -16,6 +16,7 @@ import dns.rcode
 import dns.rdatatype
 
 from tests.fakedns import DROP, NOSOA, REFUSED, SERVFAIL, SPOOF, TRUNCATE, FakeDNS
+from tests.fakedns import wait_for
 from tests.integration.conftest import RunningAgent, upstreams
 
 
@@ -252,3 +253,17 @@ def test_not_ready_while_no_upstream_answers(make_agent: Any) -> None:
         assert agent.http("/ready")[0] == 503
     finally:
         down.stop()
+
+
+def test_tcp_idle_connections_are_closed_and_capped(cluster: FakeDNS, host: FakeDNS, make_agent: Any) -> None:
+    agent = make_agent({**upstreams(cluster, host),
+                        "listen": {"tcp_idle_timeout": 0.3, "tcp_max_connections": 2}})
+    a = socket.create_connection(("127.0.0.1", agent.port), timeout=3)
+    b = socket.create_connection(("127.0.0.1", agent.port), timeout=3)
+    assert wait_for(lambda: agent.stats.tcp_connections == 2)
+    c = socket.create_connection(("127.0.0.1", agent.port), timeout=3)
+    assert c.recv(1) == b""  # past the cap: closed at once
+    assert agent.metric("nodelocal_tcp_rejected_total") == 1
+    assert a.recv(1) == b"" and b.recv(1) == b""  # idle for 0.3 s: closed by the agent
+    for s in (a, b, c):
+        s.close()
