@@ -32,12 +32,12 @@ def parse_hostport(text: str, default_port: int, path: str) -> Address:
             raise ConfigError(path, text, "unclosed '[' in address")
         host, rest = text[1:close], text[close + 1 :]
         if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
+            if not rest.startswith(":") or not (rest[1:].isascii() and rest[1:].isdigit()):
                 raise ConfigError(path, text, "expected [IPv6]:PORT")
             port = int(rest[1:])
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
-        if not p.isdigit():
+        if not (p.isascii() and p.isdigit()):
             raise ConfigError(path, text, "port is not a number")
         port = int(p)
     try:
@@ -175,7 +175,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return _build(tp, value, path)  # type: ignore[arg-type]
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise ConfigError(path, value, "expected a list")
         (item_tp, _) = typing.get_args(tp)
@@ -254,7 +254,9 @@ def cluster_dns_from_env(env: typing.Mapping[str, str], service: str = "kube-dns
     if not host:
         return ()
     port = env.get(f"{prefix}_SERVICE_PORT", "53")
-    return (format_hostport((host, int(port) if port.isdigit() else 53)),)
+    if not (port.isascii() and port.isdigit()):
+        raise ConfigError(f"${prefix}_SERVICE_PORT", port, "not a port number")
+    return (format_hostport((host, int(port))),)
 
 
 # The two groups every config has. The cluster DNS is spoken to over TCP (node-local-dns's force_tcp:

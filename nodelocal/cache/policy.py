@@ -80,6 +80,7 @@ def make_entry(
     offsets = tuple(r.ttl_offset - qend for r in sc.records)
     ttls = tuple(min(r.ttl, ttl) for r in sc.records)
     e = Entry(key, sc.rcode, kind, hdr, template, offsets, ttls, do, now, ttl)
+    e.qlen = qend - wire.HEADER_LEN
     e.body = wire.pack_ttls(template, offsets, ttls, 0)
     return e
 

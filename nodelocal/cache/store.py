@@ -36,6 +36,7 @@ class Entry:
         "kind",
         "opt",
         "part",
+        "qlen",
         "rcode",
         "sec",
         "size",
@@ -77,6 +78,7 @@ class Entry:
         self.hits = 0
         self.part: Partition | None = None
         self.size = len(key) + 2 * len(template) + ENTRY_OVERHEAD
+        self.qlen = 0  # length of the question (name, type, class) this entry answers; set by make_entry
 
     def body_at(self, now: float) -> bytes:
         """The records with TTLs decremented by the whole seconds elapsed since the answer was stored."""

@@ -93,11 +93,12 @@ def question_end(buf: bytes) -> int:
 
 
 def question_key(buf: bytes, qend: int, suffix: bytes) -> bytes:
-    """The cache key of a question: lowercased name+type+class wire plus the flags suffix.
+    """The cache key of a question: lowercased name, type and class as sent, plus the flags suffix.
 
     bytes.lower() only maps A-Z; length octets are <= 63, below 'A' (65), so they are never changed.
+    Type and class stay as they are: HTTPS is type 65, the byte 'A', which must not become type 97.
     """
-    return buf[HEADER_LEN:qend].lower() + suffix
+    return buf[HEADER_LEN : qend - 4].lower() + buf[qend - 4 : qend] + suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,8 @@ def scan(buf: bytes) -> Scan:
             if off + 10 > n:
                 raise WireError("record header truncated")
             rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, off)
+            if ttl & 0x80000000:
+                ttl = 0  # RFC 2181 §8: a TTL with the top bit set is treated as zero
             rr = Record(start, off + 10 + rdlen, rtype, off + 4, ttl, off + 10, rdlen, section)
             if rr.end > n:
                 raise WireError("rdata runs past the end")

@@ -58,6 +58,7 @@ class UDPServer(asyncio.DatagramProtocol):
                 qend = data.find(b"\x00", 12) + 5
                 if (
                     qend < 17
+                    or qend + 11 > n
                     or data[qend : qend + 3] != b"\x00\x00\x29"
                     or data[qend + 6]
                     or qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n
@@ -71,11 +72,18 @@ class UDPServer(asyncio.DatagramProtocol):
             else:
                 self._slow(data, addr)
                 return
-            key = data[12:qend].lower()
+            # The key is the question with its name lowercased (type and class untouched: see
+            # wire.question_key). Most names arrive in lower case: islower() is then true and no
+            # lowercased copy is needed; it is false for any byte in A-Z, type and class included.
+            key = data[12:qend]
+            if not key.islower():
+                key = key[:-4].lower() + key[-4:]
             if flags != 1:
                 key += _SUFFIX[flags]
             e = self.index.get(key)
-            if e is not None:
+            # qlen: the bytes were not parsed, so a cut-short question plus a flags suffix could spell
+            # another question's key; an entry only answers a question of its own length.
+            if e is not None and e.qlen == qend - 12:
                 now = self.now()
                 if now < e.expires:
                     e.hits += 1

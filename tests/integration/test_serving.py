@@ -15,8 +15,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from tests.fakedns import DROP, NOSOA, REFUSED, SERVFAIL, SPOOF, TRUNCATE, FakeDNS
-from tests.fakedns import wait_for
+from tests.fakedns import DROP, NOSOA, REFUSED, SERVFAIL, SPOOF, TRUNCATE, FakeDNS, wait_for
 from tests.integration.conftest import RunningAgent, upstreams
 
 
