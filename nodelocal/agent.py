@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,12 +17,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from nodelocal.cache.store import Store
 from nodelocal.config import Address, Config, describe, format_hostport
 from nodelocal.errors import BindError
+from nodelocal.loopdetect import GuardedResolver, LoopGuard
+from nodelocal.netsetup import NetSetup
+from nodelocal.netsetup.plan import HEARTBEAT_INTERVAL
+from nodelocal.observe import page
 from nodelocal.observe.http import HTTPServer
+from nodelocal.observe.live import TICK, Live
 from nodelocal.observe.metrics import AgentCollector, Stats
+from nodelocal.reload import Reloader
 from nodelocal.resolve.probe import wait_ready
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.tcp import TCPServer
 from nodelocal.server.udp import UDPServer
+from nodelocal.source import Loaded, Source
 
 log = logging.getLogger("nodelocal.agent")
 
@@ -62,12 +70,15 @@ def bind_tcp(addr: Address) -> socket.socket:
 class Agent:
     """One running agent: its cache, resolver, listeners and endpoints."""
 
-    def __init__(self, cfg: Config, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: Config, now: Callable[[], float] = time.monotonic, source: Source | None = None,
+                 loaded: Loaded | None = None) -> None:
         self.cfg = cfg
         self.now = now
         self.stats = Stats()
         self.store = Store(cfg.cache.max_bytes, now)
-        self.resolver = Resolver(cfg, self.store, self.stats, now)
+        self.live = Live(self.stats, self.store, now=now) if cfg.page else None  # the live page's data
+        self.guard = LoopGuard(now)  # answers our own loop probes when they come back (loopdetect.py)
+        self.resolver: Resolver = GuardedResolver(cfg, self.store, self.stats, now, self.guard)
         self.registry = CollectorRegistry()
         self.registry.register(AgentCollector(self.stats, self.store))
         ProcessCollector(registry=self.registry)
@@ -76,8 +87,13 @@ class Agent:
         self.udp_protocols: list[UDPServer] = []
         self.servers: list[asyncio.Server] = []
         self.tcp = TCPServer(self.resolver, self.stats, cfg.listen.tcp_idle_timeout,
-                             cfg.listen.tcp_max_connections, cfg.listen.tcp_max_pipelined)
+                             cfg.listen.tcp_max_connections, cfg.listen.tcp_max_pipelined, self.live)
         self.bound: list[tuple[str, Address]] = []  # ("udp"/"tcp", address) actually bound
+        # Network setup's calls block (netlink, nft/iptables): one thread of their own runs them in order.
+        self.netsetup = NetSetup(cfg, self.stats) if cfg.setup else None
+        self._setup_pool: ThreadPoolExecutor | None = None
+        # Live reload swaps self.resolver (and the listeners') for one built from a new config (reload.py).
+        self.reloader = Reloader(self, source, loaded)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -88,19 +104,32 @@ class Agent:
         for line in describe(cfg).splitlines():
             log.info("%s", line)
         # 1. Bind every listener first: a node whose address is taken must fail before it claims anything.
+        #    Only the interface goes in before, as the local IPs must exist to be bound (an existing one is
+        #    left as it is). A failed bind tears nothing down: the address may be another agent's, alive.
+        if self.netsetup is not None:
+            await self._in_setup(self.netsetup.ensure_link)
         await self._bind()
         self.stats.listening = True
-        # 2. Network setup (interface, NOTRACK rules) comes with the network-setup issue; until then the
-        #    agent serves on addresses that already exist, as with --no-setup.
-        if cfg.setup:
-            log.warning("network setup is not part of this build: serving without it (as --no-setup)")
-        # 3. Serve: HTTP endpoints, the cache sweeper, the readiness probe; signals ask for a stop.
+        # 2. Network setup: the conntrack-bypass rules go in only now that listeners are bound; from here
+        #    they are reconciled every netsetup.sync_interval, and the liveness heartbeat that host-network
+        #    clients' bypass depends on is refreshed every second (netsetup/reconcile.py).
+        setup_tasks: list[asyncio.Task[None]] = []
+        if self.netsetup is not None:
+            await self._in_setup(self.netsetup.ensure_rules)
+            setup_tasks = [loop.create_task(self._setup_loop(self.netsetup.sync, cfg.netsetup.sync_interval)),
+                           loop.create_task(self._setup_loop(self.netsetup.heartbeat, HEARTBEAT_INTERVAL))]
+        # 3. Serve: HTTP endpoints, the cache sweeper, the live page's ticker, the readiness probe;
+        #    signals ask for a stop.
         await self._serve_http()
         sweeper = loop.create_task(self._sweep())
+        ticker = loop.create_task(self._tick())
         prober = loop.create_task(wait_ready(cfg, self.stats))
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.stop)
+        # 3a. Upstreams that send queries back to us are taken out (loop detection), the PID file is
+        #     written, and from here a changed config file or SIGHUP reloads the config (reload.py).
+        await self.reloader.start()
         log.info("serving on %s", ", ".join(f"{p} {format_hostport(a)}" for p, a in self.bound))
         try:
             await self.stop_event.wait()
@@ -118,13 +147,40 @@ class Agent:
                 t.close()
             self.tcp.close_all()
             sweeper.cancel()
+            self.reloader.stop()
+            ticker.cancel()
             prober.cancel()
             self.resolver.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
-            # 5. Teardown of network setup would go here (rules first, then the interface).
+            # 5. Teardown: rules first, then the interface (netsetup.teardown); with skip_teardown both stay,
+            #    and the rules still fail open (no listener, heartbeat expired).
+            for task in setup_tasks:
+                task.cancel()
+            if self.netsetup is not None:
+                if cfg.netsetup.skip_teardown:
+                    log.info("skip-teardown: interface %s and rules left in place", cfg.netsetup.interface_name)
+                else:
+                    await self._in_setup(self.netsetup.teardown)
+            if self._setup_pool is not None:
+                self._setup_pool.shutdown(wait=False, cancel_futures=True)
             log.info("stopped")
+
+    async def _in_setup(self, step: Callable[[], object]) -> None:
+        """Run one blocking network-setup step on the setup thread (steps run one at a time, in order)."""
+        if self._setup_pool is None:
+            self._setup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netsetup")
+        await asyncio.get_running_loop().run_in_executor(self._setup_pool, step)
+
+    async def _setup_loop(self, step: Callable[[], object], interval: float) -> None:
+        """Run a network-setup step every `interval` seconds; it counts and logs its own failures."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._in_setup(step)
+            except Exception:  # a bug in a step must not end the loop: the next round tries again
+                log.exception("network setup step failed")
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,7 +198,8 @@ class Agent:
             name = sock.getsockname()
             self.bound.append((kind, (name[0], name[1])))
             if kind == "udp":
-                proto = UDPServer(self.resolver, self.store, self.stats, self.cfg.listen.max_udp_payload, self.now)
+                proto = UDPServer(self.resolver, self.store, self.stats, self.cfg.listen.max_udp_payload, self.now,
+                                  live=self.live, ipv6=sock.family == socket.AF_INET6)
                 transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp_transports.append(transport)
                 self.udp_protocols.append(proto)
@@ -151,6 +208,8 @@ class Agent:
 
     async def _serve_http(self) -> None:
         metrics = HTTPServer({"/metrics": self._metrics})
+        if self.live is not None:
+            metrics.routes.update(page.routes(self.live))
         health = HTTPServer({"/health": self._health, "/ready": self._ready})
         maddr, haddr = self.cfg.metrics_address(), self.cfg.health_address()
         if maddr == haddr:
@@ -178,6 +237,17 @@ class Agent:
         if self.stats.ready and not self.stop_event.is_set():
             return 200, "text/plain", b"ready\n"
         return 503, "text/plain", b"no upstream has answered yet\n"
+
+    async def _tick(self) -> None:
+        """The live page's once-a-second work: drain samples, snapshot counters (observe/live.py)."""
+        if self.live is None:
+            return
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.live.tick()
+            except Exception:  # the page must never take the agent down
+                log.exception("live page tick failed")
 
     async def _sweep(self) -> None:
         while True:

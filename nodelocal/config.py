@@ -133,6 +133,22 @@ class ResolveConfig:
 
     query_timeout: float = _f(5.0, "seconds a client query may take over all tries, then SERVFAIL", lo=0.01)
     max_concurrent: int = _f(1000, "distinct upstream queries in flight; past it clients get REFUSED", lo=1)
+    loop_detect: bool = _f(False, "at start and on reload, send each upstream a probe and stop forwarding to one "
+                                  "that sends it back to the agent (CoreDNS `loop`)")
+
+
+@dataclass(frozen=True)
+class NetSetupConfig:
+    """Network setup (when `setup` is on): the interface holding the local IPs and the conntrack-bypass rules."""
+
+    interface_name: str = _f("nodelocaldns", "link holding every local IP (dummy; a bridge where there is no dummy)")
+    rules_backend: str = _f("auto", "auto (the one kube-proxy uses), nft, iptables-nft or iptables-legacy",
+                            choices=("auto", "nft", "iptables-nft", "iptables-legacy"))
+    sync_interval: float = _f(60.0, "seconds between re-checks that put back removed rules or addresses", lo=0.1)
+    skip_teardown: bool = _f(False, "leave interface and rules in place on exit")
+    notrack_health_port: bool = _f(True, "skip conntrack for the health port (TCP) of every local IP too")
+    kube_dns_ips: tuple[str, ...] = _f((), "kube-dns ClusterIP(s), where a local IP falls open to when the agent "
+                                           "is down; empty = $KUBE_DNS_SERVICE_HOST, else the non-link-local localips")
 
 
 @dataclass(frozen=True)
@@ -146,8 +162,14 @@ class Config:
     cache: CacheConfig = _f(CacheConfig(), "the answer cache")
     resolve: ResolveConfig = _f(ResolveConfig(), "the miss path")
     setup: bool = _f(True, "create the interface and conntrack rules (network setup)")
+    netsetup: NetSetupConfig = _f(NetSetupConfig(), "how network setup works")
     metrics_addr: str = _f("0.0.0.0:9253", "HOST:PORT serving /metrics")
+    page: bool = _f(True, "serve the live page (/) and /api/stats on metrics_addr, sampling queries for "
+                          "its top names and clients")
     health_addr: str = _f("", "HOST:PORT serving /health and /ready; empty = first localip:8080")
+    reload_interval: float = _f(2.0, "seconds between checks of the config files for a change (a ConfigMap's "
+                                     "..data swap); 0 = on SIGHUP only", lo=0)
+    pidfile: str = _f("", "write the agent's PID here once every listener is bound (node-cache's -pidfile)")
     log_level: str = _f("info", "debug, info, warning or error",
                         choices=("debug", "info", "warning", "error"))
 
@@ -330,6 +352,15 @@ def validate(cfg: Config) -> None:
                                   f"no such upstream group (known: {', '.join(cfg.upstreams)})")
     if "." not in cfg.zones:
         raise ConfigError("zones", sorted(cfg.zones), "a '.' zone is needed for names no other zone covers")
+    name = cfg.netsetup.interface_name
+    if not 0 < len(name) <= 15 or "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
+        raise ConfigError("netsetup.interface_name", name, "not a Linux interface name (1-15 characters, "
+                          "no '/' or spaces)")
+    for i, ip in enumerate(cfg.netsetup.kube_dns_ips):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"netsetup.kube_dns_ips[{i}]", ip, "not an IP address") from None
     parse_hostport(cfg.metrics_addr, 9253, "metrics_addr")
     if cfg.health_addr:
         parse_hostport(cfg.health_addr, 8080, "health_addr")

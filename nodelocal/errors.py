@@ -17,6 +17,19 @@ class ConfigError(NodelocalError):
         super().__init__(f"config error: {path}: {reason} (got {value!r})")
 
 
+class CorefileError(ConfigError):
+    """Raised when a Corefile cannot be read as nodelocal config; lists every problem with its line."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {source}:{line}: {msg}" for line, msg in problems)
+        super().__init__(source, f"{len(problems)} problem(s)", "the Corefile cannot be used")
+        self.args = (f"config error: {source}: {len(problems)} problem(s) in the Corefile:\n{lines}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class WireError(NodelocalError):
     """Raised when bytes on the wire are not a well-formed DNS message."""
 

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server for /metrics, /health and /ready (no framework: three read-only routes)."""
+"""A small HTTP/1.1 server for /metrics, /health, /ready and the live page (no framework: read-only routes)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ log = logging.getLogger("nodelocal.http")
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]] | tuple[int, str, bytes]]
 REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+# The live page loads only from this origin (it must work in an air-gapped cluster; nothing it shows
+# can pull in anything else) and is never framed.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class HTTPServer:
@@ -32,9 +37,11 @@ class HTTPServer:
             else:
                 result = handler()
                 status, ctype, body = await result if asyncio.iscoroutine(result) else result  # type: ignore[misc]
+            extra = f"Content-Security-Policy: {PAGE_POLICY}\r\n" if ctype.startswith("text/html") else ""
             writer.write(
                 f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                f"{extra}Connection: close\r\n\r\n".encode("latin-1")
             )
             if method != "HEAD":
                 writer.write(body)

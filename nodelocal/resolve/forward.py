@@ -66,6 +66,8 @@ class Group:
         self.name = name
         self.cfg = cfg
         self.servers = [Server(a, cfg, stats) for a in cfg.addresses()]
+        for server in self.servers:
+            stats.upstream_servers.setdefault(server.label, name)  # exported as nodelocal_upstream_healthy
         self._rr = itertools.count()
 
     def order(self) -> Sequence[Server]:
@@ -93,6 +95,12 @@ class Chain:
 
     async def forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> bytes | None:
         """The first acceptable reply, else the last SERVFAIL/REFUSED seen, else None (all failed)."""
+        reply = await self._forward(question, rd, cd, do)
+        if reply is None:
+            self.stats.healthcheck_broken += 1  # no upstream of the zone replied at all
+        return reply
+
+    async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> bytes | None:
         query = wire.build_query(0, question, rd, cd, do, EDNS_PAYLOAD)
         question_lc = question.lower()
         deadline = self.now() + self.query_timeout

@@ -1,6 +1,6 @@
 """The full query pipeline: every query the UDP fast path does not answer, and every TCP query.
 
-The order of the steps in Resolver.answer is the pipeline; it lives in this one place.
+The order of the steps in Resolver._pipeline is the pipeline; it lives in this one place.
 """
 
 from __future__ import annotations
@@ -66,6 +66,13 @@ class Resolver:
 
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
         """The reply to one client query, or None when it must be dropped. Never raises."""
+        t0 = self.now()
+        try:
+            return await self._pipeline(query, tcp)
+        finally:
+            self.stats.request_duration.observe(self.now() - t0)  # coredns_dns_request_duration_seconds
+
+    async def _pipeline(self, query: bytes, tcp: bool) -> bytes | None:
         # 1. Header readable and QR clear; else drop: answering a response is how loops start.
         if len(query) < wire.HEADER_LEN or query[2] & wire.QR:
             self.stats.dropped += 1
@@ -137,7 +144,6 @@ class Resolver:
     async def _fill(self, key: bytes, question: bytes, rd: bool, cd: bool, do: bool,
                     route: ZoneRoute, fut: asyncio.Future[Entry]) -> None:
         """Forward one question and resolve every waiter with the entry; always resolves `fut`."""
-        t0 = self.now()
         entry: Entry | None = None
         try:
             reply = await route.chain.forward(question, rd, cd, do)
@@ -150,7 +156,6 @@ class Resolver:
             log.exception("forwarding %r failed unexpectedly", key)
         finally:
             del self.inflight[key]
-            self.stats.request_duration.observe(self.now() - t0)
             if entry is None:
                 entry = synthesized(wire.SERVFAIL, rd, cd, do, self.now())
             if not fut.done():

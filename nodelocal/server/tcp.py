@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from nodelocal.observe.metrics import Stats
 from nodelocal.resolve.resolver import Resolver
+
+if TYPE_CHECKING:
+    from nodelocal.observe.live import Live
 
 log = logging.getLogger("nodelocal.tcp")
 
@@ -22,10 +26,17 @@ class TCPConnection(asyncio.Protocol):
         self.inflight = 0
         self.paused = False
         self.idle: asyncio.TimerHandle | None = None
+        self.queries = server.stats.queries
+        self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         srv = self.server
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0])
+            if len(peer) == 4:  # an IPv6 socket address: (host, port, flowinfo, scope_id)
+                self.queries = srv.stats.queries6
         if len(srv.connections) >= srv.max_connections:
             srv.stats.tcp_rejected += 1
             transport.close()
@@ -49,7 +60,9 @@ class TCPConnection(asyncio.Protocol):
                 break
             msg = bytes(self.buf[2 : 2 + n])
             del self.buf[: 2 + n]
-            self.server.stats.queries["tcp"] += 1
+            self.queries["tcp"] += 1
+            if self.server.live is not None:
+                self.server.live.record(msg, self.peer, 1, None)
             self.inflight += 1
             if self.idle is not None:
                 self.idle.cancel()
@@ -93,8 +106,9 @@ class TCPServer:
     """Shared state of the TCP listeners: the cap, the idle timeout, the connections to drain."""
 
     def __init__(self, resolver: Resolver, stats: Stats, idle_timeout: float, max_connections: int,
-                 max_pipelined: int) -> None:
+                 max_pipelined: int, live: Live | None = None) -> None:
         self.resolver = resolver
+        self.live = live  # every TCP query is recorded for the live page's top lists (no sampling needed)
         self.stats = stats
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections

@@ -10,16 +10,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodelocal.cache.store import Store
+from nodelocal.cache.store import Entry, Store
 from nodelocal.dns.wire import key_suffix
 from nodelocal.observe.metrics import Stats
 from nodelocal.resolve.resolver import Resolver
 
+if TYPE_CHECKING:
+    from nodelocal.observe.live import Live
+
 log = logging.getLogger("nodelocal.udp")
 
 _SUFFIX = tuple(key_suffix(bool(f & 1), bool(f & 2), bool(f & 4)) for f in range(8))
+MEMO_MAX = 8192  # distinct query forms remembered (each ~0.3-0.6 KiB); cleared whole when full
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT high byte 0
 
 
@@ -27,16 +31,22 @@ class UDPServer(asyncio.DatagramProtocol):
     """Answers hits inline and hands everything else to the resolver."""
 
     def __init__(self, resolver: Resolver, store: Store, stats: Stats, max_udp: int,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic, live: Live | None = None, ipv6: bool = False) -> None:
         self.resolver = resolver
         self.index = store.index
         self.stats = stats
-        self.queries = stats.queries
+        self.queries = stats.queries6 if ipv6 else stats.queries
         self.rcodes = stats.rcodes
         self.max_udp = max_udp
         self.now = now
         self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        # query bytes after the ID -> (entry, whole seconds elapsed it was rendered at, reply after the ID)
+        self.memo: dict[bytes, tuple[Entry, int, bytes]] = {}
+        self.live = live
+        self.countdown = 1 << 62  # datagrams until the next sample (never, without a Live to register with)
+        if live is not None:
+            live.register(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport is not a subclass
@@ -44,7 +54,26 @@ class UDPServer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # HOT PATH, written for speed (DESIGN.md: every Python step here shows in the benchmark).
         # Recognise the common query layout from the bytes, look the question up, patch and send.
+        self.countdown -= 1
+        if not self.countdown:  # one datagram in live.every is handled the sampled way (observe/live.py)
+            self._sampled(data, addr)
+            return
         self.queries["udp"] += 1
+        # The reply memo first: the very same query bytes (all but the ID) within the same TTL second
+        # get the very same reply bytes, so one dict lookup answers them without reading the query.
+        # An entry that was replaced, evicted or expired, or a new second, sends us down the full path.
+        m = self.memo.get(data[2:])
+        if m is not None:
+            me = m[0]
+            now = self.now()
+            mpart = me.part
+            if now < me.expires and mpart is not None and int(now - me.stored) == m[1]:
+                me.hits += 1
+                mpart.hits += 1
+                mpart.lru.move_to_end(me.key)
+                self.rcodes[me.rcode] += 1
+                self.transport.sendto(data[:2] + m[2], addr)  # type: ignore[union-attr]
+                return
         n = len(data)
         if n > 16 and not data[2] & 0xF8 and data[4:11] == _ONE_QUESTION:
             ar = data[11]
@@ -91,9 +120,27 @@ class UDPServer(asyncio.DatagramProtocol):
                     part.hits += 1  # type: ignore[union-attr]
                     part.lru.move_to_end(key)  # type: ignore[union-attr]
                     self.rcodes[e.rcode] += 1
-                    self.transport.sendto(e.render(data, qend, limit, edns, now), addr)  # type: ignore[union-attr]
+                    out = e.render(data, qend, limit, edns, now)
+                    memo = self.memo
+                    if len(memo) >= MEMO_MAX:
+                        memo.clear()  # bounded; the working set refills it within a second
+                    memo[data[2:]] = (e, e.sec, out[2:])
+                    self.transport.sendto(out, addr)  # type: ignore[union-attr]
                     return
         self._slow(data, addr)
+
+    def _sampled(self, data: bytes, addr: Any) -> None:
+        """The same handling, timed, then recorded for the live page (top names and clients, hit latency)."""
+        live = self.live
+        assert live is not None
+        every = live.every
+        self.countdown = every + 1  # the call below counts this datagram down once more
+        pending = len(self.tasks)
+        t0 = time.perf_counter()
+        self.datagram_received(data, addr)
+        seconds = time.perf_counter() - t0
+        # No task was started: it was a hit, answered inline (misses are timed by the resolver).
+        live.record(data, addr[0], every, seconds if len(self.tasks) == pending else None)
 
     def _slow(self, data: bytes, addr: Any) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))

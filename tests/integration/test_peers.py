@@ -80,7 +80,7 @@ def test_cli_serve_against_dnsmasq_then_sigterm(dnsmasq: int) -> None:
         assert [rd.to_text() for rd in r.answer[0]] == ["192.0.2.1"]
         with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2) as m:
             body = m.read().decode()
-        assert 'coredns_cache_hits_total{server="dns://:53",type="success",view="",zone="."} 2.0' in body
+        assert 'coredns_cache_hits_total{server="dns://:53",type="success",view="",zones="cluster.local."} 2.0' in body
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         assert proc.wait(10) == 0
