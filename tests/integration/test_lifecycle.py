@@ -117,8 +117,16 @@ class Kubelet:
                 if not Path(mount).exists():
                     Path(mount).mkdir(parents=True)
                     self.created.append(Path(mount))
-            script = " && ".join(f"mount --bind {shlex.quote(str(local))} {shlex.quote(mount)}"
-                                 for mount, local in binds.items())
+            steps = []
+            repo = REPO.resolve()
+            if repo.is_relative_to("/tmp"):
+                # A checkout under /tmp (CI's clone may be one) holds the agent's .venv, which the bind
+                # over /tmp would hide: carry it into the pod's /tmp first, and bind /tmp recursively.
+                inner = emptydirs["/tmp"] / repo.relative_to("/tmp")
+                inner.mkdir(parents=True, exist_ok=True)
+                steps.append(f"mount --bind {shlex.quote(str(repo))} {shlex.quote(str(inner))}")
+            steps += [f"mount --rbind {shlex.quote(str(local))} {shlex.quote(mount)}" for mount, local in binds.items()]
+            script = " && ".join(steps)
             argv = ["sh", "-c", f'{script} && exec "$@"', "sh", *argv]
         self.argv = argv
         self.log = root / "agent.log"
