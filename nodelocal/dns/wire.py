@@ -246,6 +246,18 @@ def truncated_reply(query: bytes, qend: int, hdr: bytes, opt: bytes) -> bytes:
     )
 
 
+def pop_frames(buf: bytearray) -> list[bytes]:
+    """The complete length-prefixed messages (RFC 1035 §4.2.2, TCP) taken off the front of `buf`."""
+    out = []
+    while len(buf) >= 2:
+        n = buf[0] << 8 | buf[1]
+        if len(buf) < 2 + n:
+            break
+        out.append(bytes(buf[2 : 2 + n]))
+        del buf[: 2 + n]
+    return out
+
+
 def pack_ttls(template: bytes, offsets: tuple[int, ...], ttls: tuple[int, ...], elapsed: int) -> bytes:
     """`template` with each TTL at `offsets` set to max(0, ttl - elapsed)."""
     buf = bytearray(template)

@@ -87,13 +87,8 @@ class _TCPConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while len(self.buf) >= 2:
-            n = self.buf[0] << 8 | self.buf[1]
-            if len(self.buf) < 2 + n:
-                break
-            msg = bytes(self.buf[2 : 2 + n])
-            del self.buf[: 2 + n]
-            qid = msg[0] << 8 | msg[1] if n >= 2 else -1
+        for msg in wire.pop_frames(self.buf):
+            qid = msg[0] << 8 | msg[1] if len(msg) >= 2 else -1
             waiter = self.pending.get(qid)
             if waiter is None or not reply_matches(msg, qid, waiter[1]):
                 self.pool.stats.spoofed += 1

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from nodelocal.dns.wire import pop_frames
 from nodelocal.observe.metrics import Stats
 from nodelocal.resolve.resolver import Resolver
 
@@ -54,12 +55,7 @@ class TCPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while len(self.buf) >= 2:
-            n = self.buf[0] << 8 | self.buf[1]
-            if len(self.buf) < 2 + n:
-                break
-            msg = bytes(self.buf[2 : 2 + n])
-            del self.buf[: 2 + n]
+        for msg in pop_frames(self.buf):
             self.queries["tcp"] += 1
             if self.server.live is not None:
                 self.server.live.record(msg, self.peer, 1, None)
