@@ -41,8 +41,8 @@ class UDPServer(asyncio.DatagramProtocol):
         self.now = now
         self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        # query bytes after the ID -> (entry, whole seconds elapsed it was rendered at, reply after the ID)
-        self.memo: dict[bytes, tuple[Entry, int, bytes]] = {}
+        # query bytes after the ID -> (entry, monotonic time until which the reply holds, reply after the ID)
+        self.memo: dict[bytes, tuple[Entry, float, bytes]] = {}
         self.live = live
         self.countdown = 1 << 62  # datagrams until the next sample (never, without a Live to register with)
         if live is not None:
@@ -67,7 +67,7 @@ class UDPServer(asyncio.DatagramProtocol):
             me = m[0]
             now = self.now()
             mpart = me.part
-            if now < me.expires and mpart is not None and int(now - me.stored) == m[1]:
+            if now < m[1] and mpart is not None:
                 me.hits += 1
                 mpart.hits += 1
                 mpart.lru.move_to_end(me.key)
@@ -124,7 +124,10 @@ class UDPServer(asyncio.DatagramProtocol):
                     memo = self.memo
                     if len(memo) >= MEMO_MAX:
                         memo.clear()  # bounded; the working set refills it within a second
-                    memo[data[2:]] = (e, e.sec, out[2:])
+                    # Valid to the end of this whole TTL second (TTLs in the reply change then) and
+                    # never past the entry's expiry.
+                    until = e.stored + e.sec + 1
+                    memo[data[2:]] = (e, until if until < e.expires else e.expires, out[2:])
                     self.transport.sendto(out, addr)  # type: ignore[union-attr]
                     return
         self._slow(data, addr)

@@ -360,3 +360,47 @@ def test_hot_path_never_raises_and_agrees_with_the_slow_path(case: tuple[bytes, 
     fast, slow = run(go)
     if fast is not None:
         assert fast == slow
+
+
+def _ttls(reply: bytes) -> list[int]:
+    return [rrset.ttl for rrset in dns.message.from_wire(reply).answer]
+
+
+def test_reply_memo_follows_the_ttl_second_replacement_and_expiry() -> None:
+    clock = [NOW]
+    store = Store(1 << 24, now=lambda: clock[0])
+    server = UDPServer(RecordingResolver(), store, Stats(), MAX_UDP, now=lambda: clock[0])  # type: ignore[arg-type]
+    transport = FakeTransport()
+    server.connection_made(transport)  # type: ignore[arg-type]
+    part = store.partition(".", SUCCESS, 100)
+    q = dns.message.make_query("memo.example.", "A", use_edns=False)
+    data = q.to_wire()
+
+    def put(ttl: int, addr: str) -> None:
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text("memo.example.", ttl, "IN", "A", addr))
+        e, ok = entry_for(slow_key(data), r.to_wire(), False, clock[0], TTLPolicy(min_ttl=0, success_max_ttl=3600))
+        assert ok
+        store.put(e, part)
+
+    def ask(qid: int) -> bytes | None:
+        before = len(transport.sent)
+        server.datagram_received(struct.pack(">H", qid) + data[2:], CLIENT)
+        return transport.sent[-1][0] if len(transport.sent) > before else None
+
+    put(10, "192.0.2.1")
+    first = ask(1)
+    assert first is not None and len(server.memo) == 1
+    clock[0] += 0.5
+    again = ask(2)  # from the memo: same reply bytes but for the client's ID
+    assert again is not None and again[2:] == first[2:] and again[:2] == b"\x00\x02"
+    clock[0] += 0.6  # 1.1 s after storing: the TTLs have gone down by one, the memo must not serve 10
+    assert _ttls(ask(3) or b"") == [9]
+    put(10, "192.0.2.99")  # a replaced entry: the memo's old reply is dead
+    assert "192.0.2.99" in dns.message.from_wire(ask(4) or b"").answer[0].to_text()
+    clock[0] += 11  # past expiry: a miss, to the slow path (a task, so inside a loop), nothing sent inline
+
+    async def expired() -> bytes | None:
+        return ask(5)
+
+    assert run(expired) is None
