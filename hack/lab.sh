@@ -155,6 +155,7 @@ agent_start() {
   local from
   from=1
   [ -f "$STATE/agent.log" ] && from=$(($(wc -l <"$STATE/agent.log") + 1))
+  : >>"$STATE/agent.log"  # exists before the first look at it below
   # setsid: the agent outlives this script; `ip netns exec` execs, so $! is the agent itself.
   setsid ip netns exec "$(ns node)" "$ROOT/.venv/bin/nodelocal" serve --config "$STATE/agent.yaml" "$@" \
     >>"$STATE/agent.log" 2>&1 </dev/null &

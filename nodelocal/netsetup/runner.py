@@ -19,7 +19,7 @@ ERR_IPTABLES = "iptables"  # a rule command failed (for every backend, nft inclu
 ERR_IPTABLES_LOCK = "iptables_lock"  # the xtables lock was held by someone else for too long
 ERR_INTERFACE_ADD = "interface_add"  # creating the interface or adding an address failed
 ERR_INTERFACE_CHECK = "interface_check"  # reading the interface's state failed
-ERR_CONFIGMAP = "configmap"  # kept for dashboards; the agent reads no ConfigMap itself
+ERR_CONFIGMAP = "configmap"  # a config reload that failed (reload.py counts it); node-cache's name
 
 COMMAND_TIMEOUT = 10.0  # seconds; a hung rule tool must not stall the reconcile loop for ever
 LOCK_WAIT = "5"  # seconds iptables-restore waits for the xtables lock (-w) before giving up
