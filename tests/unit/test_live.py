@@ -19,6 +19,7 @@ from nodelocal.observe.live import Live, name_text, quantile, split_question, ty
 from nodelocal.observe.metrics import DURATION_BUCKETS, Stats
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.udp import UDPServer
+from tests.fakes import FakeTransport
 
 
 class Clock:
@@ -27,17 +28,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Any]] = []
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        self.sent.append((data, addr))
-
-    def is_closing(self) -> bool:
-        return False
 
 
 class Rig:
@@ -52,7 +42,7 @@ class Rig:
         self.live = Live(self.stats, self.store, node="node-a", target=target, now=self.clock,
                          wall=lambda: 1.7e9, cpu=lambda: 0.0)
         self.server = UDPServer(self.resolver, self.store, self.stats, 1232, now=self.clock, live=self.live)
-        self.transport = Transport()
+        self.transport = FakeTransport()
         self.server.connection_made(self.transport)  # type: ignore[arg-type]
         part = self.store.partition(".", SUCCESS, 1000)
         for name in cached:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import dns.edns
 import dns.flags
@@ -27,25 +27,13 @@ from nodelocal.dns import wire
 from nodelocal.observe.metrics import Stats
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.udp import UDPServer
+from tests.fakes import FakeTransport
 
 SETTINGS = settings(max_examples=200, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_UDP = 1400
 NOW = 5000.0
 CLIENT = ("10.1.2.3", 40000)
 T = TypeVar("T")
-
-
-class FakeTransport:
-    """Records what the server sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Any]] = []
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        self.sent.append((data, addr))
-
-    def is_closing(self) -> bool:
-        return False
 
 
 class RecordingResolver:
