@@ -86,10 +86,12 @@ def make_entry(
 
 
 def entry_for(
-    key: bytes, buf: bytes, do: bool, now: float, policy: TTLPolicy
+    key: bytes, buf: bytes, do: bool, now: float, policy: TTLPolicy, sc: wire.Scan | None = None
 ) -> tuple[Entry, bool]:
-    """Scan an upstream answer and make its entry; the flag says whether it may be cached."""
-    sc = wire.scan(buf)
+    """Make the entry for an upstream answer (scanned here unless `sc` is its scan already); the flag
+    says whether it may be cached."""
+    if sc is None:
+        sc = wire.scan(buf)
     if sc.qdcount != 1:
         raise WireError("answer does not carry exactly one question")
     verdict = decide(buf, sc, policy)

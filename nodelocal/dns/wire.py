@@ -41,12 +41,12 @@ _HEADER = struct.Struct(">HBBHHHH")
 # The key suffix is empty for the common flags (RD=1, CD=0, DO=0) so the hot path builds no extra
 # bytes for them. Any other combination appends one byte with the high bit set. A DNS question is
 # self-delimiting, so a key with a suffix can never equal a key without one.
-_SUFFIXES = tuple(b"" if f == 1 else bytes([0x80 | f]) for f in range(8))
+SUFFIXES = tuple(b"" if f == 1 else bytes([0x80 | f]) for f in range(8))
 
 
 def key_suffix(rd: bool, cd: bool, do: bool) -> bytes:
     """The cache-key suffix for the query flags that change the answer (RD, CD, DO)."""
-    return _SUFFIXES[int(rd) | int(cd) << 1 | int(do) << 2]
+    return SUFFIXES[int(rd) | int(cd) << 1 | int(do) << 2]
 
 
 def skip_name(buf: bytes, off: int) -> int:

@@ -24,6 +24,8 @@ from nodelocal.resolve.upstream import TCPPool, udp_exchange
 log = logging.getLogger("nodelocal.forward")
 
 FAILURE_RCODES = (wire.SERVFAIL, wire.REFUSED)
+# An upstream reply with the scan that validated it (policy.entry_for reuses it rather than scan again).
+Reply = tuple[bytes, wire.Scan]
 EDNS_PAYLOAD = 1232  # what we advertise upstream (DNS flag day 2020); larger answers come over TCP
 
 
@@ -37,23 +39,23 @@ class Server:
         self.stats = stats
         self.tcp = TCPPool(addr, group.tcp_connections, group.tcp_idle_timeout, stats)
 
-    async def exchange(self, query: bytes, question_lc: bytes, timeout: float) -> bytes:
+    async def exchange(self, query: bytes, question_lc: bytes, timeout: float) -> Reply:
         """One try: UDP (then TCP if truncated) or TCP; the reply is scanned before it is trusted."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        reply = None
         if self.transport == "udp":
             qid = secrets.randbits(16)
             q = qid.to_bytes(2, "big") + query[2:]
             reply = await udp_exchange(self.addr, q, qid, question_lc, timeout, self.stats)
-            if not reply[2] & wire.TC:
-                wire.scan(reply)
-                return reply
-            timeout = deadline - loop.time()
-            if timeout <= 0:
-                raise UpstreamError(f"{self.label}: truncated over UDP and no time left for TCP")
-        reply = await self.tcp.exchange(query, question_lc, timeout)
-        wire.scan(reply)
-        return reply
+            if reply[2] & wire.TC:
+                reply = None
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    raise UpstreamError(f"{self.label}: truncated over UDP and no time left for TCP")
+        if reply is None:
+            reply = await self.tcp.exchange(query, question_lc, timeout)
+        return reply, wire.scan(reply)
 
     def close(self) -> None:
         self.tcp.close()
@@ -93,18 +95,18 @@ class Chain:
         self.query_timeout = query_timeout
         self.now = now
 
-    async def forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> bytes | None:
+    async def forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> Reply | None:
         """The first acceptable reply, else the last SERVFAIL/REFUSED seen, else None (all failed)."""
         reply = await self._forward(question, rd, cd, do)
         if reply is None:
             self.stats.healthcheck_broken += 1  # no upstream of the zone replied at all
         return reply
 
-    async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> bytes | None:
+    async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> Reply | None:
         query = wire.build_query(0, question, rd, cd, do, EDNS_PAYLOAD)
         question_lc = question.lower()
         deadline = self.now() + self.query_timeout
-        last: bytes | None = None
+        last: Reply | None = None
         tried_before = False
         for group in self.groups:
             if not group.servers:
@@ -125,7 +127,7 @@ class Chain:
                     self.stats.upstream(server.label, outcome, None)
                     log.debug("upstream %s: %s: %s", server.label, outcome, e)
                     continue
-                rcode = reply[3] & 0xF
+                rcode = reply[1].rcode
                 self.stats.upstream(server.label, RCODE_NAMES[rcode], self.now() - t0)
                 self.stats.ready = True
                 if rcode in FAILURE_RCODES:

@@ -149,7 +149,7 @@ class Resolver:
             reply = await route.chain.forward(question, rd, cd, do)
             if reply is not None:
                 now = self.now()
-                entry, cacheable = entry_for(key, reply, do, now, route.policy)
+                entry, cacheable = entry_for(key, reply[0], do, now, route.policy, reply[1])
                 if cacheable:
                     self.store.put(entry, route.parts[entry.kind])
         except Exception:  # a bug must cost one answer, never the agent

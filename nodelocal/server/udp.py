@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nodelocal.cache.store import Entry, Store
-from nodelocal.dns.wire import key_suffix
+from nodelocal.dns.wire import SUFFIXES
 from nodelocal.observe.metrics import Stats
 from nodelocal.resolve.resolver import Resolver
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nodelocal.udp")
 
-_SUFFIX = tuple(key_suffix(bool(f & 1), bool(f & 2), bool(f & 4)) for f in range(8))
 MEMO_MAX = 8192  # distinct query forms remembered (each ~0.3-0.6 KiB); cleared whole when full
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT high byte 0
 
@@ -108,7 +107,7 @@ class UDPServer(asyncio.DatagramProtocol):
             if not key.islower():
                 key = key[:-4].lower() + key[-4:]
             if flags != 1:
-                key += _SUFFIX[flags]
+                key += SUFFIXES[flags]  # flags = RD | CD << 1 | DO << 2, wire.key_suffix's index
             e = self.index.get(key)
             # qlen: the bytes were not parsed, so a cut-short question plus a flags suffix could spell
             # another question's key; an entry only answers a question of its own length.
