@@ -15,7 +15,7 @@
 # Every measured query is a cache hit: the names are warmed first, and the script checks it two ways —
 # the upstream's own query counter (dnsmasq SIGUSR1 stats) must not move while measuring, and for the
 # agent the /metrics coredns_cache_hits_total / coredns_cache_misses_total deltas give the hit ratio.
-# "floor" (hack/bench_floor.py) is the least a Python uvloop server can do per hit (dict lookup, send):
+# "floor" (hack/bench/floor.py) is the least a Python uvloop server can do per hit (dict lookup, send):
 # the agent/floor ratio is the cost of the agent's own hit-path code, measured under the same conditions.
 # Each server runs pinned to BENCH_SERVER_CPU (0), dnsperf to BENCH_CLIENT_CPU (1). Only 127.0.0.1 and
 # ports BENCH_PORT_BASE+1..+41 (default 15301-15341) are used; nothing touches port 53.
@@ -24,7 +24,7 @@
 #   hack/bench.sh [--json FILE] [--duration S] [--qps "N[ N...]"] [--outstanding N] [--names N]
 #                 [--rss-names N] [--servers "agent unbound dnsmasq floor"] [--edns] [--keep]
 # Same settings as environment variables: BENCH_DURATION (10), BENCH_QPS ("20000 50000": one fixed-load
-# run each; DESIGN.md's figures are at 50000), BENCH_OUTSTANDING (200),
+# run each; the README's Benchmark section compares the servers at 50000), BENCH_OUTSTANDING (200),
 # BENCH_NAMES (1000), BENCH_RSS_NAMES (10000), BENCH_SERVERS, BENCH_EDNS (0), BENCH_PORT_BASE (15300),
 # BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1), PYTHON (python3: runs the helpers), NODELOCAL (nodelocal),
 # FLOOR_PYTHON (python3, needs uvloop), BENCH_NICE (0; e.g. -10 as root runs the servers and dnsperf at a
@@ -33,6 +33,9 @@
 # their preemptions batch queries up and so even lower the CPU per query: rerun those.
 # Needs: dnsperf, unbound, dnsmasq (Debian: dnsperf unbound dnsmasq-base), taskset, and the agent
 # installed (pip install -e .). Every process it starts is stopped on exit, also on failure or Ctrl-C.
+# Its helpers are in hack/bench/: report.py (query files, readiness probe, /metrics scrapes, the report)
+# and floor.py (the floor server). hack/bench/metrics.py, run on its own, measures what the agent's
+# metrics cost on the hit path (.venv/bin/python hack/bench/metrics.py --help).
 
 set -euo pipefail
 
@@ -44,7 +47,7 @@ if [ -x "$HERE/../.venv/bin/python" ]; then
 fi
 PYTHON=${PYTHON:-python3}
 NODELOCAL=${NODELOCAL:-nodelocal}
-REPORT=("$PYTHON" "$HERE/bench_report.py")
+REPORT=("$PYTHON" "$HERE/bench/report.py")
 
 DURATION=${BENCH_DURATION:-10}
 QPS=${BENCH_QPS:-20000 50000}
@@ -402,7 +405,7 @@ for s in $SERVERS; do
             ;;
         floor)
             fact floor version "python floor ($("$FLOOR_PYTHON" -c 'import sys, uvloop; print(sys.version.split()[0], "uvloop", uvloop.__version__)'))"
-            bench_one floor "$FLOOR_PORT" "$FLOOR_PYTHON" "$HERE/bench_floor.py" "$FLOOR_PORT"
+            bench_one floor "$FLOOR_PORT" "$FLOOR_PYTHON" "$HERE/bench/floor.py" "$FLOOR_PORT"
             ;;
     esac
 done

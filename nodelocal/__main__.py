@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from nodelocal.cli import main
+from nodelocal.cli.commands import main
 
 sys.exit(main())

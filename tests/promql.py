@@ -1,6 +1,6 @@
 """Just enough PromQL reading for the tests: which metrics an expression reads, and an alert's operands.
 
-Not a parser: it relies on the shapes our dashboard and rules use (and tests/unit/test_monitoring.py
+Not a parser: it relies on the shapes our dashboard and rules use (and tests/unit/observe/test_exposition.py
 checks it on them). Prometheus itself judges the expressions in tests/e2e.
 """
 

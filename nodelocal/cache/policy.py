@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import dns.message
 
+from nodelocal import WireError
 from nodelocal.cache.store import DENIAL, SUCCESS, Entry
 from nodelocal.dns import wire
-from nodelocal.errors import WireError
 
 UNCAPPED = 0x7FFFFFFF  # RFC 2181 §8: the largest TTL
 

@@ -1,6 +1,6 @@
 """TTL-aware LRU store of wire answers, partitioned by zone and kind, bounded by entries and by bytes.
 
-One index serves every zone (node-local-dns keeps a separate cache per server block, REFERENCE.md),
+One index serves every zone (node-local-dns keeps a separate cache per Corefile server block),
 while each (zone, kind) partition keeps its own LRU order and entry cap. A shared byte budget bounds
 the whole store.
 """
@@ -19,8 +19,8 @@ KIND_NAMES = ("success", "denial")
 # Fixed per-entry cost on top of the byte strings: the Entry object, its tuples, two dict slots.
 ENTRY_OVERHEAD = 400
 
-OPT_PLAIN = wire.opt_record(1232, False)
-OPT_DO = wire.opt_record(1232, True)
+OPT_PLAIN = wire.opt_record(wire.EDNS_PAYLOAD, False)
+OPT_DO = wire.opt_record(wire.EDNS_PAYLOAD, True)
 
 
 class Entry:

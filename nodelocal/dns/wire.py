@@ -1,7 +1,7 @@
 """Byte-level DNS scanning and building (RFC 1035 §4, RFC 6891): what the hot path and the cache use.
 
 Nothing here allocates a parsed message: functions walk the bytes, check every bound and return offsets.
-dnspython is the oracle these functions are tested against (tests/unit/test_wire.py).
+dnspython is the oracle these functions are tested against (tests/unit/dns/test_wire.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from nodelocal.errors import WireError
+from nodelocal import WireError
 
 HEADER_LEN = 12
 
@@ -25,6 +25,15 @@ CD = 0x10
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16  # extended RCODE, RFC 6891 §6.1.3
+# Presentation names of rcodes 0..16 (RFC 6895 §2.3), as CoreDNS's `rcode` metric labels spell them.
+RCODE_NAMES = (
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+    "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14", "RCODE15", "BADVERS",
+)
+
+# The EDNS UDP payload size we advertise, upstream and in our own OPT records (DNS flag day 2020):
+# larger answers come over TCP rather than as fragmented datagrams.
+EDNS_PAYLOAD = 1232
 
 TYPE_SOA = 6
 TYPE_OPT = 41
@@ -244,6 +253,11 @@ def truncated_reply(query: bytes, qend: int, hdr: bytes, opt: bytes) -> bytes:
         + query[HEADER_LEN:qend]
         + opt
     )
+
+
+def frame(msg: bytes) -> bytes:
+    """`msg` with its two-byte length prefix, as DNS over TCP carries it (RFC 1035 §4.2.2)."""
+    return _U16.pack(len(msg)) + msg
 
 
 def pop_frames(buf: bytearray) -> list[bytes]:

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from nodelocal.config import Config
 from nodelocal.netsetup.backends import RulesBackend, detect, make
 from nodelocal.netsetup.link import IPRouteLike, Link, local_elsewhere
+from nodelocal.netsetup.metrics import SetupStats
 from nodelocal.netsetup.plan import (
     PATH_DNAT_CLUSTERIP,
     PATH_DNAT_ENDPOINTS,
@@ -33,7 +34,6 @@ from nodelocal.netsetup.plan import (
     paths_without_backend,
 )
 from nodelocal.netsetup.runner import CommandRunner, Runner, SetupError
-from nodelocal.observe.metrics import Stats
 
 log = logging.getLogger("nodelocal.netsetup")
 
@@ -59,7 +59,7 @@ def _pyroute2_ipr() -> AbstractContextManager[IPRouteLike]:
 class NetSetup:
     """The interface and rules of one agent. Methods block (netlink, subprocesses): run them off the event loop."""
 
-    def __init__(self, cfg: Config, stats: Stats, *, runner: Runner | None = None,
+    def __init__(self, cfg: Config, stats: SetupStats, *, runner: Runner | None = None,
                  ipr_factory: IPRouteFactory | None = None, env: Mapping[str, str] | None = None) -> None:
         ns = cfg.netsetup
         self.stats = stats
@@ -81,7 +81,7 @@ class NetSetup:
     # -- helpers -----------------------------------------------------------------------------------
 
     def _failed(self, e: SetupError, what: str) -> None:
-        self.stats.setup_errors[e.errortype] = self.stats.setup_errors.get(e.errortype, 0) + 1
+        self.stats.error(e.errortype)
         log.warning("network setup: %s failed (%s): %s", what, e.errortype, e)
 
     def _backend(self) -> RulesBackend:
@@ -173,7 +173,7 @@ class NetSetup:
         try:
             self.backend.heartbeat(self.plan)
         except SetupError as e:
-            self.stats.setup_errors[e.errortype] = self.stats.setup_errors.get(e.errortype, 0) + 1
+            self.stats.error(e.errortype)
             if self._beat_ok:  # log the change, not every second of it
                 log.warning("network setup: heartbeat failed (%s): %s", e.errortype, e)
             self._beat_ok = False

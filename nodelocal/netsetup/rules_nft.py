@@ -4,7 +4,7 @@ The whole table is written in one `nft -f` transaction (`table; delete table; ta
 never holds half of it and there is never a second copy (kubernetes/dns #568). ensure() first compares
 the table's listing with the one seen right after our last write and rewrites only on a difference.
 
-Conntrack bypass that fails open (DESIGN.md):
+Conntrack bypass that fails open (the agent gone, DNS takes the path it took before the agent):
 - pods (prerouting): `socket wildcard 0 notrack` skips conntrack only while a socket is bound to that very
   address; with no listener the packet is tracked and takes the fail-open path.
 - host-network clients (output): `socket` cannot tell there (it sees the sender), so the rule matches a

@@ -1,7 +1,7 @@
 """How network setup runs the rule tools (nft, iptables, ipset): one injectable runner, one error type.
 
 Every command goes through a Runner, so unit tests swap in a fake and only tests/netns runs the real
-tools (STYLE.md #4). Failures become SetupError carrying node-cache's error type, which the reconcile
+tools. Failures become SetupError carrying node-cache's error type, which the reconcile
 loop counts in `coredns_nodecache_setup_errors_total{errortype}` and logs; none of them is fatal.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from nodelocal.errors import NodelocalError
+from nodelocal import NodelocalError
 
-# node-cache's error types (REFERENCE.md); dashboards and alerts select on these label values.
+# node-cache's error types (its coredns_nodecache_setup_errors_total labels): dashboards and alerts select on them.
 ERR_IPTABLES = "iptables"  # a rule command failed (for every backend, nft included)
 ERR_IPTABLES_LOCK = "iptables_lock"  # the xtables lock was held by someone else for too long
 ERR_INTERFACE_ADD = "interface_add"  # creating the interface or adding an address failed

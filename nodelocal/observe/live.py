@@ -25,7 +25,10 @@ import dns.rdatatype
 
 from nodelocal import __version__
 from nodelocal.cache.store import DENIAL, SUCCESS, Store
-from nodelocal.observe.metrics import DURATION_BUCKETS, RCODE_NAMES, Stats
+from nodelocal.dns.names import to_text
+from nodelocal.dns.wire import RCODE_NAMES
+from nodelocal.observe.histogram import DURATION_BUCKETS
+from nodelocal.observe.meters import Meters
 from nodelocal.observe.topk import TopK
 
 TICK = 1.0  # seconds between drains and snapshots
@@ -59,19 +62,6 @@ class Snapshot(NamedTuple):
     duration: tuple[int, ...]  # request duration histogram, one count per bucket (+Inf last)
     upstreams: dict[str, tuple[int, int, int, float]]  # to -> (tries, failures, answered, answered seconds)
     evictions: int
-
-
-def name_text(wire_name: bytes) -> str:
-    """A wire-format name as presentation text, lowercased, without the final dot ('.' for the root)."""
-    labels, i = [], 0
-    while i < len(wire_name) and wire_name[i]:
-        n = wire_name[i]
-        label = wire_name[i + 1 : i + 1 + n].lower()
-        labels.append("".join(
-            chr(c) if 0x21 <= c <= 0x7E and c not in (0x2E, 0x5C) else
-            ("\\" + chr(c) if c in (0x2E, 0x5C) else f"\\{c:03d}") for c in label))
-        i += 1 + n
-    return ".".join(labels) or "."
 
 
 def type_text(qtype: int) -> str:
@@ -126,10 +116,10 @@ def _rss_bytes() -> int:
 class Live:
     """Sampled detail and short history of one agent; see the module docstring."""
 
-    def __init__(self, stats: Stats, store: Store, *, node: str | None = None, target: int = TARGET,
+    def __init__(self, meters: Meters, store: Store, *, node: str | None = None, target: int = TARGET,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  cpu: Callable[[], float] = time.process_time) -> None:
-        self.stats = stats
+        self.meters = meters
         self.store = store
         self.node = node or os.environ.get("NODE_NAME") or socket.gethostname()
         self.target = target
@@ -173,7 +163,7 @@ class Live:
         names: dict[bytes, float] = {}
         clients: dict[str, float] = {}
         types: dict[int, float] = {}
-        hist = self.stats.request_duration
+        hist = self.meters.server.request_duration
         for q, client, weight, seconds in ring:
             parsed = split_question(q)
             name, qtype = parsed if parsed is not None else (b"", -1)
@@ -184,7 +174,7 @@ class Live:
                 hist.observe(seconds, weight)
         for sketch in (self.names, self.clients, self.types):
             sketch.decay(self.decay)
-        self.names.update({(name_text(k) if k else "(malformed)"): w for k, w in names.items()})
+        self.names.update({(to_text(k) if k else "(malformed)"): w for k, w in names.items()})
         self.clients.update(clients)
         self.types.update({type_text(t): w for t, w in types.items()})
 
@@ -201,9 +191,10 @@ class Live:
                 s.countdown = every
 
     def _snap(self) -> Snapshot:
-        s, store = self.stats, self.store
+        m, store = self.meters, self.store
+        misses, server, res = m.cache.misses, m.server, m.resolve
         hits = denial = 0
-        zones: dict[str, tuple[int, int]] = {z: (0, n) for z, n in s.misses.items()}
+        zones: dict[str, tuple[int, int]] = {z: (0, n) for z, n in misses.items()}
         evictions = 0
         for p in store.partitions.values():
             hits += p.hits
@@ -213,17 +204,17 @@ class Live:
             zones[p.zone] = (zh + p.hits, zm)
             evictions += p.evictions
         ups: dict[str, tuple[int, int, int, float]] = {}
-        for (to, outcome), n in s.upstream_requests.items():
+        for (to, outcome), n in res.upstream_requests.items():
             tries, fails, answered, secs = ups.get(to, (0, 0, 0, 0.0))
             ups[to] = (tries + n, fails + (n if outcome in NETWORK_FAILURES else 0), answered, secs)
-        for (to, _rcode), h in s.upstream_duration.items():
+        for (to, _rcode), h in res.upstream_duration.items():
             tries, fails, answered, secs = ups.get(to, (0, 0, 0, 0.0))
             ups[to] = (tries, fails, answered + h.n, secs + h.total)
         return Snapshot(
             t=self.now(), cpu=self.cpu(),
-            queries=sum(s.queries.values()) + sum(s.queries6.values()),
-            hits=hits, denial_hits=denial, misses=sum(s.misses.values()), zones=zones,
-            duration=tuple(s.request_duration.counts), upstreams=ups, evictions=evictions,
+            queries=sum(server.queries.values()) + sum(server.queries6.values()),
+            hits=hits, denial_hits=denial, misses=sum(misses.values()), zones=zones,
+            duration=tuple(server.request_duration.counts), upstreams=ups, evictions=evictions,
         )
 
     # ---- read by /api/stats ------------------------------------------------------------------------
@@ -237,7 +228,7 @@ class Live:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows, as plain JSON-able data (the /api/stats contract, schema 1)."""
-        s, store = self.stats, self.store
+        store, sv, res = self.store, self.meters.server, self.meters.resolve
         cur = self._snap()  # the totals: exactly what /metrics says right now
         # Rates come from whole ticks only (the last snapshot back to WINDOW before it): a window of a
         # few milliseconds right after start would turn one query into a rate of hundreds.
@@ -260,14 +251,14 @@ class Live:
                 "entries": sum(len(p.lru) for p in store.partitions.values() if p.zone == zone),
             })
         upstreams = []
-        for to, group in s.upstream_servers.items():
+        for to, group in res.upstream_servers.items():
             tries, fails, _answered, _secs = cur.upstreams.get(to, (0, 0, 0, 0.0))
             etries, _efails, eanswered, esecs = end.upstreams.get(to, (0, 0, 0, 0.0))
             otries, _ofails, oanswered, osecs = old.upstreams.get(to, (0, 0, 0, 0.0))
-            errors = sum(n for (t, o), n in s.upstream_requests.items()
+            errors = sum(n for (t, o), n in res.upstream_requests.items()
                          if t == to and o not in ("NOERROR", "NXDOMAIN"))
             upstreams.append({
-                "to": to, "group": group, "healthy": s.upstream_healthy(to), "tries": tries,
+                "to": to, "group": group, "healthy": res.upstream_healthy(to), "tries": tries,
                 "errors": errors, "no_reply": fails,
                 "tries_per_s": (etries - otries) / span if end.t > old.t else 0.0,
                 "avg_ms": _ms(_ratio(esecs - osecs, eanswered - oanswered)),
@@ -281,19 +272,19 @@ class Live:
             "version": __version__,
             "time": self.wall(),
             "uptime_s": cur.t - self.started,
-            "ready": s.ready,
+            "ready": res.ready,
             "process": {"rss_bytes": _rss_bytes(),
                         "cpu_percent": 100.0 * (end.cpu - old.cpu) / span if end.t > old.t else 0.0},
             "totals": {
                 "queries": cur.queries,
-                "udp": s.queries["udp"] + s.queries6["udp"],
-                "tcp": s.queries["tcp"] + s.queries6["tcp"],
+                "udp": sv.queries["udp"] + sv.queries6["udp"],
+                "tcp": sv.queries["tcp"] + sv.queries6["tcp"],
                 "hits": cur.hits, "hits_success": cur.hits - cur.denial_hits, "hits_denial": cur.denial_hits,
                 "misses": cur.misses, "hit_rate": _ratio(cur.hits, cur.hits + cur.misses),
-                "responses": {RCODE_NAMES[i]: n for i, n in enumerate(s.rcodes) if n},
-                "coalesced": s.coalesced, "fallthrough": s.fallthrough, "dropped": s.dropped,
-                "spoofed": s.spoofed, "refused_busy": s.concurrency_rejects,
-                "all_upstreams_failed": s.healthcheck_broken,
+                "responses": {RCODE_NAMES[i]: n for i, n in enumerate(sv.rcodes) if n},
+                "coalesced": res.coalesced, "fallthrough": res.fallthrough, "dropped": sv.dropped,
+                "spoofed": res.spoofed, "refused_busy": res.concurrency_rejects,
+                "all_upstreams_failed": res.healthcheck_broken,
             },
             "window": {
                 "seconds": span if end.t > old.t else 0.0,

@@ -15,10 +15,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 
+from nodelocal import UpstreamError, UpstreamTimeout, WireError
 from nodelocal.config import Address, UpstreamGroup, format_hostport
 from nodelocal.dns import wire
-from nodelocal.errors import UpstreamError, UpstreamTimeout, WireError
-from nodelocal.observe.metrics import RCODE_NAMES, Stats
+from nodelocal.resolve.metrics import ResolveStats
 from nodelocal.resolve.upstream import TCPPool, udp_exchange
 
 log = logging.getLogger("nodelocal.forward")
@@ -26,13 +26,12 @@ log = logging.getLogger("nodelocal.forward")
 FAILURE_RCODES = (wire.SERVFAIL, wire.REFUSED)
 # An upstream reply with the scan that validated it (policy.entry_for reuses it rather than scan again).
 Reply = tuple[bytes, wire.Scan]
-EDNS_PAYLOAD = 1232  # what we advertise upstream (DNS flag day 2020); larger answers come over TCP
 
 
 class Server:
     """One upstream nameserver: its TCP pool and its label in metrics."""
 
-    def __init__(self, addr: Address, group: UpstreamGroup, stats: Stats) -> None:
+    def __init__(self, addr: Address, group: UpstreamGroup, stats: ResolveStats) -> None:
         self.addr = addr
         self.label = format_hostport(addr)
         self.transport = group.transport
@@ -64,7 +63,7 @@ class Server:
 class Group:
     """Servers tried together, ordered by the group's policy."""
 
-    def __init__(self, name: str, cfg: UpstreamGroup, stats: Stats) -> None:
+    def __init__(self, name: str, cfg: UpstreamGroup, stats: ResolveStats) -> None:
         self.name = name
         self.cfg = cfg
         self.servers = [Server(a, cfg, stats) for a in cfg.addresses()]
@@ -88,7 +87,7 @@ class Group:
 class Chain:
     """A zone's groups in fallthrough order."""
 
-    def __init__(self, groups: Sequence[Group], stats: Stats, query_timeout: float,
+    def __init__(self, groups: Sequence[Group], stats: ResolveStats, query_timeout: float,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.groups = groups
         self.stats = stats
@@ -103,7 +102,7 @@ class Chain:
         return reply
 
     async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> Reply | None:
-        query = wire.build_query(0, question, rd, cd, do, EDNS_PAYLOAD)
+        query = wire.build_query(0, question, rd, cd, do, wire.EDNS_PAYLOAD)
         question_lc = question.lower()
         deadline = self.now() + self.query_timeout
         last: Reply | None = None
@@ -128,7 +127,7 @@ class Chain:
                     log.debug("upstream %s: %s: %s", server.label, outcome, e)
                     continue
                 rcode = reply[1].rcode
-                self.stats.upstream(server.label, RCODE_NAMES[rcode], self.now() - t0)
+                self.stats.upstream(server.label, wire.RCODE_NAMES[rcode], self.now() - t0)
                 self.stats.ready = True
                 if rcode in FAILURE_RCODES:
                     last = reply

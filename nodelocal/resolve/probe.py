@@ -13,7 +13,7 @@ import aiodns
 import pycares
 
 from nodelocal.config import Config, format_hostport
-from nodelocal.observe.metrics import Stats
+from nodelocal.resolve.metrics import ResolveStats
 
 log = logging.getLogger("nodelocal.probe")
 
@@ -39,7 +39,7 @@ async def probe_once(host: str, port: int, tcp: bool, name: str, timeout: float 
         await resolver.close()
 
 
-async def wait_ready(cfg: Config, stats: Stats, interval: float = 2.0) -> None:
+async def wait_ready(cfg: Config, stats: ResolveStats, interval: float = 2.0) -> None:
     """Probe every upstream until one answers, then set stats.ready; returns at once when already ready."""
     while not stats.ready:
         for gname, group in cfg.upstreams.items():

@@ -11,14 +11,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nodelocal import WireError
+from nodelocal.cache.metrics import CacheStats
 from nodelocal.cache.policy import TTLPolicy, entry_for
 from nodelocal.cache.store import DENIAL, SUCCESS, Entry, Partition, Store
 from nodelocal.config import Config
 from nodelocal.dns import wire
-from nodelocal.errors import WireError
-from nodelocal.observe.metrics import Stats
+from nodelocal.dns.names import labels_of_wire
 from nodelocal.resolve.forward import Chain, Group
-from nodelocal.resolve.router import Router, labels_of_wire
+from nodelocal.resolve.loop import LoopGuard
+from nodelocal.resolve.metrics import ResolveStats
+from nodelocal.resolve.router import Router
 
 log = logging.getLogger("nodelocal.resolve")
 
@@ -44,9 +47,12 @@ def synthesized(rcode: int, rd: bool, cd: bool, do: bool, now: float) -> Entry:
 class Resolver:
     """Answers queries from the cache, or by forwarding through the zone's chain."""
 
-    def __init__(self, cfg: Config, store: Store, stats: Stats, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: Config, store: Store, cache_stats: CacheStats, stats: ResolveStats,
+                 now: Callable[[], float] = time.monotonic, guard: LoopGuard | None = None) -> None:
         self.store = store
+        self.guard = guard if guard is not None else LoopGuard(now)
         self.stats = stats
+        self.misses = cache_stats.misses
         self.now = now
         self.max_udp = cfg.listen.max_udp_payload
         self.max_concurrent = cfg.resolve.max_concurrent
@@ -59,27 +65,26 @@ class Resolver:
             parts = (store.partition(zname, SUCCESS, c.success_capacity),
                      store.partition(zname, DENIAL, c.denial_capacity))
             routes[zname] = ZoneRoute(zname, chain, policy, parts)
-            stats.misses.setdefault(zname, 0)
+            self.misses.setdefault(zname, 0)
         self.router: Router[ZoneRoute] = Router(routes)
         self.inflight: dict[bytes, asyncio.Future[Entry]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
-        """The reply to one client query, or None when it must be dropped. Never raises."""
-        t0 = self.now()
-        try:
-            return await self._pipeline(query, tcp)
-        finally:
-            self.stats.request_duration.observe(self.now() - t0)  # coredns_dns_request_duration_seconds
-
-    async def _pipeline(self, query: bytes, tcp: bool) -> bytes | None:
+        """The reply to one client query, or None when it must be dropped. The listener that called
+        counts the outcome and times it (server/metrics.py)."""
         # 1. Header readable and QR clear; else drop: answering a response is how loops start.
         if len(query) < wire.HEADER_LEN or query[2] & wire.QR:
-            self.stats.dropped += 1
             return None
+        # 1a. One of our own loop probes come back (resolve/loop.py): REFUSED, and the loop is recorded.
+        #     One dict check, and only while probes are out.
+        if self.guard.probes:
+            refused = self.guard.check(query)
+            if refused is not None:
+                return refused
         # 2. Only standard queries (RFC 1035 §4.1.1); NOTIFY, UPDATE, ... are not ours to relay.
         if query[2] & wire.OPCODE_MASK:
-            return self._count(wire.error_reply(query, wire.NOTIMP))
+            return wire.error_reply(query, wire.NOTIMP)
         # 3. Well-formed, exactly one question, nothing but an OPT beside it.
         try:
             qend = wire.question_end(query)
@@ -87,15 +92,15 @@ class Resolver:
                 raise WireError("a query carries one question and at most an OPT record")
             opt = wire.parse_opt(query, qend) if query[11] else None
         except WireError:
-            return self._count(wire.error_reply(query, wire.FORMERR))
+            return wire.error_reply(query, wire.FORMERR)
         # 4. EDNS versions above 0 get BADVERS (RFC 6891 §6.1.3).
         if opt is not None and opt.version > 0:
-            badvers = wire.opt_record(1232, opt.do, ext_rcode=wire.BADVERS >> 4)
-            return self._count(wire.error_reply(query, wire.BADVERS & 0xF, qend, badvers))
+            badvers = wire.opt_record(wire.EDNS_PAYLOAD, opt.do, ext_rcode=wire.BADVERS >> 4)
+            return wire.error_reply(query, wire.BADVERS & 0xF, qend, badvers)
         # 5. Zone transfers are not relayed through a cache.
         qtype = query[qend - 4] << 8 | query[qend - 3]
         if qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
-            return self._count(wire.error_reply(query, wire.REFUSED, qend))
+            return wire.error_reply(query, wire.REFUSED, qend)
 
         rd, cd, do = bool(query[2] & wire.RD), bool(query[3] & wire.CD), bool(opt and opt.do)
         key = wire.question_key(query, qend, wire.key_suffix(rd, cd, do))
@@ -112,24 +117,19 @@ class Resolver:
         if entry is None:
             # 7. Route by zone, then join an identical query in flight or start one (bounded).
             route = self.router.match(labels_of_wire(key))
-            self.stats.misses[route.name] += 1
+            self.misses[route.name] += 1
             fut = self.inflight.get(key)
             if fut is not None:
                 self.stats.coalesced += 1
             elif len(self.inflight) >= self.max_concurrent:
                 self.stats.concurrency_rejects += 1
-                return self._count(wire.error_reply(query, wire.REFUSED, qend))
+                return wire.error_reply(query, wire.REFUSED, qend)
             else:
                 fut = self._start(key, query[wire.HEADER_LEN:qend], rd, cd, do, route)
             entry = await asyncio.shield(fut)
             now = self.now()
         # 8. Render for this client: its ID, its spelling of the name, its EDNS, TC if too big.
-        return self._count(entry.render(query, qend, limit, opt is not None, now))
-
-    def _count(self, reply: bytes | None) -> bytes | None:
-        if reply is not None:
-            self.stats.rcodes[reply[3] & 0xF] += 1
-        return reply
+        return entry.render(query, qend, limit, opt is not None, now)
 
     def _start(self, key: bytes, question: bytes, rd: bool, cd: bool, do: bool,
                route: ZoneRoute) -> asyncio.Future[Entry]:

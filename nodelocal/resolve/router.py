@@ -5,24 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Generic, TypeVar
 
+from nodelocal.dns.names import labels_of_text
+
 T = TypeVar("T")
-
-
-def labels_of_wire(name: bytes) -> tuple[bytes, ...]:
-    """The labels of an uncompressed, already validated wire name (lowercase it first)."""
-    out = []
-    off = 0
-    while name[off]:
-        ln = name[off]
-        out.append(name[off + 1 : off + 1 + ln])
-        off += 1 + ln
-    return tuple(out)
-
-
-def labels_of_text(zone: str) -> tuple[bytes, ...]:
-    """'cluster.local' -> (b'cluster', b'local'); '.' -> ()."""
-    zone = zone.strip(".").lower()
-    return tuple(label.encode("ascii") for label in zone.split(".")) if zone else ()
 
 
 class Router(Generic[T]):

@@ -12,9 +12,9 @@ import secrets
 import struct
 from typing import Any
 
+from nodelocal import UpstreamError, UpstreamTimeout
 from nodelocal.dns import wire
-from nodelocal.errors import UpstreamError, UpstreamTimeout
-from nodelocal.observe.metrics import Stats
+from nodelocal.resolve.metrics import ResolveStats
 
 Address = tuple[str, int]
 _U16 = struct.Struct(">H")
@@ -33,7 +33,7 @@ def reply_matches(reply: bytes, qid: int, question_lc: bytes) -> bool:
 
 
 class _OneShot(asyncio.DatagramProtocol):
-    def __init__(self, peer: Address, qid: int, question_lc: bytes, stats: Stats) -> None:
+    def __init__(self, peer: Address, qid: int, question_lc: bytes, stats: ResolveStats) -> None:
         self.peer = peer
         self.qid = qid
         self.question_lc = question_lc
@@ -55,7 +55,7 @@ class _OneShot(asyncio.DatagramProtocol):
 
 
 async def udp_exchange(peer: Address, query: bytes, qid: int, question_lc: bytes, timeout: float,
-                       stats: Stats) -> bytes:
+                       stats: ResolveStats) -> bytes:
     """Send `query` from a new socket on a kernel-chosen random port; return the matching reply."""
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
@@ -122,7 +122,7 @@ class _TCPConn(asyncio.Protocol):
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None
-        self.transport.write(_U16.pack(len(query)) + _U16.pack(qid) + query[2:])
+        self.transport.write(wire.frame(_U16.pack(qid) + query[2:]))
         return fut
 
     def abandon(self, fut: asyncio.Future[bytes]) -> None:
@@ -152,7 +152,7 @@ class TCPPool:
     in order, so one connection would serialise them).
     """
 
-    def __init__(self, peer: Address, size: int, idle_timeout: float, stats: Stats) -> None:
+    def __init__(self, peer: Address, size: int, idle_timeout: float, stats: ResolveStats) -> None:
         self.peer = peer
         self.label = f"{peer[0]}:{peer[1]}"
         self.size = size

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
-from nodelocal.dns.wire import pop_frames
-from nodelocal.observe.metrics import Stats
+from nodelocal.dns.wire import frame, pop_frames
 from nodelocal.resolve.resolver import Resolver
+from nodelocal.server.metrics import ServerStats
 
 if TYPE_CHECKING:
     from nodelocal.observe.live import Live
@@ -71,17 +72,22 @@ class TCPConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     async def _answer(self, msg: bytes) -> None:
+        stats = self.server.stats
+        t0 = time.monotonic()
         try:
             reply = await self.server.resolver.answer(msg, tcp=True)
         except Exception:
             log.exception("tcp query failed")
             reply = None
+        else:
+            stats.count_reply(reply)
+            stats.request_duration.observe(time.monotonic() - t0)  # coredns_dns_request_duration_seconds
         self.inflight -= 1
         t = self.transport
         if t is None or t.is_closing():
             return
         if reply is not None:
-            t.write(len(reply).to_bytes(2, "big") + reply)
+            t.write(frame(reply))
         if self.paused and self.inflight < self.server.max_pipelined:
             self.paused = False
             t.resume_reading()
@@ -101,7 +107,7 @@ class TCPConnection(asyncio.Protocol):
 class TCPServer:
     """Shared state of the TCP listeners: the cap, the idle timeout, the connections to drain."""
 
-    def __init__(self, resolver: Resolver, stats: Stats, idle_timeout: float, max_connections: int,
+    def __init__(self, resolver: Resolver, stats: ServerStats, idle_timeout: float, max_connections: int,
                  max_pipelined: int, live: Live | None = None) -> None:
         self.resolver = resolver
         self.live = live  # every TCP query is recorded for the live page's top lists (no sampling needed)

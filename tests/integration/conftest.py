@@ -14,8 +14,8 @@ import dns.query
 import pytest
 import uvloop
 
-from nodelocal.agent import Agent
-from nodelocal.config import _merge, load
+from nodelocal.agent.lifecycle import Agent
+from nodelocal.config.model import _merge, load
 from tests.fakedns import FakeDNS, free_port, wait_for
 
 
@@ -63,7 +63,7 @@ class RunningAgent:
     @property
     def stats(self) -> Any:
         assert self.agent is not None
-        return self.agent.stats
+        return self.agent.meters.server
 
     @property
     def http_port(self) -> int:

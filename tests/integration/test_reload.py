@@ -1,5 +1,6 @@
 """Live reload on loopback: a ConfigMap-style directory swapped (good, then broken) while queries run; the
-cache of unchanged zones kept; a broken config counted and ignored; plus the reload plan by itself."""
+cache of unchanged zones kept; a broken config counted and ignored. The reload plan by itself is in
+tests/unit/agent/test_reload.py."""
 
 from __future__ import annotations
 
@@ -19,10 +20,8 @@ import uvloop
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodelocal import config
-from nodelocal.agent import Agent
-from nodelocal.reload import plan
-from nodelocal.source import Source
+from nodelocal.agent.lifecycle import Agent
+from nodelocal.config.source import Source
 from tests.fakedns import FakeDNS, free_port, wait_for
 from tests.k8s.kubelet import ConfigMapVolume
 
@@ -203,38 +202,3 @@ def test_a_change_that_needs_a_restart_is_logged_and_the_rest_applied(
         assert agent.agent is not None and agent.agent.store.max_bytes == 65536
     finally:
         agent.stop()
-
-
-# --------------------------------------------------------------------------------------------------
-# The plan alone
-
-
-def cfg_of(zones: dict[str, Any], groups: dict[str, Any]) -> config.Config:
-    return config.load(None, {"zones": zones, "upstreams": groups}, env={}, resolv_conf="/nonexistent")
-
-
-G = {"cluster": {"servers": ["10.0.0.1"]}, "host": {"servers": ["192.0.2.53"]}, "corp": {"servers": ["10.9.0.1"]}}
-
-
-def test_plan_keeps_zones_whose_upstreams_did_not_change() -> None:
-    old = cfg_of({"cluster.local": {"forward": ["cluster"]}, ".": {"forward": ["cluster", "host"]}}, G)
-    new = cfg_of({"cluster.local": {"forward": ["cluster"]}, ".": {"forward": ["cluster", "host"]}},
-                 {**G, "host": {"servers": ["192.0.2.54"]}})
-    ch = plan(old, new)
-    assert (ch.kept, ch.cleared, ch.added, ch.removed) == (["cluster.local"], ["."], [], [])
-
-
-def test_plan_an_added_zone_empties_the_zone_it_takes_names_from() -> None:
-    old = cfg_of({"cluster.local": {"forward": ["cluster"]}, ".": {"forward": ["host"]}}, G)
-    new = cfg_of({"cluster.local": {"forward": ["cluster"]}, "svc.cluster.local": {"forward": ["corp"]},
-                  "corp.test": {"forward": ["corp"]}, ".": {"forward": ["host"]}}, G)
-    ch = plan(old, new)
-    assert ch.added == ["svc.cluster.local", "corp.test"]
-    assert ch.cleared == ["cluster.local", "."] and ch.kept == []
-
-
-def test_plan_removed_zone_and_group_renamed_with_the_same_servers() -> None:
-    old = cfg_of({"corp.test": {"forward": ["corp"]}, ".": {"forward": ["host"]}}, G)
-    new = cfg_of({".": {"forward": ["h2"]}}, {**G, "h2": {"servers": ["192.0.2.53"]}})
-    ch = plan(old, new)
-    assert ch.removed == ["corp.test"] and ch.kept == ["."]  # same servers, same settings: same answers

@@ -16,7 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from nodelocal.source import Source
+from nodelocal.config.source import Source
 from tests.fakedns import FakeDNS, free_port, wait_for
 from tests.integration.test_reload import WEB, ReloadingAgent, agent_yaml
 

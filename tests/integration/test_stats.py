@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from nodelocal.cli import main
-from nodelocal.observe import statscli
+from nodelocal.cli import stats as statscli
+from nodelocal.cli.commands import main
 from tests.fakedns import FakeDNS
 from tests.integration.conftest import RunningAgent, upstreams
 

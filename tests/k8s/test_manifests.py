@@ -15,8 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from nodelocal import compat, dnsconfig, kubedns
-from nodelocal.cli import build_parser, main, overrides_from
+from nodelocal.cli import dnsconfig
+from nodelocal.cli import nodecache as compat
+from nodelocal.cli.commands import build_parser, main, overrides_from
+from nodelocal.config import kubedns
 from tests.k8s.kubelet import (
     KUSTOMIZE_ROOT,
     OVERLAYS,

@@ -215,7 +215,8 @@ def test_rules_once_repaired_foreign_untouched_then_teardown(make_lab: Callable[
     assert wait_until(lambda: ours_and_foreign(lab, backend)[0] == first, SYNC + ROUND, 0.1), (
         "rules not repaired within one sync interval:\n" + "\n".join(ours_and_foreign(lab, backend)[0]))
     print(f"{backend}: repaired {time.monotonic() - t0:.2f}s after the damage (sync interval {SYNC}s)")
-    assert lab.metrics()['nodelocal_setup_repairs_total{what="rules"}'] >= 1
+    # Counted when the round ends (after the rules are written, the heartbeat runs): wait for that round.
+    assert wait_until(lambda: lab.metrics()['nodelocal_setup_repairs_total{what="rules"}'] >= 1, ROUND, 0.1)
     assert ours_and_foreign(lab, backend)[1] == foreign_before
     # SIGTERM: teardown leaves nothing of ours, foreign rules stay, and pods reach CoreDNS through DNAT.
     lab.stop_agent()

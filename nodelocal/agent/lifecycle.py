@@ -1,0 +1,354 @@
+"""The agent's lifecycle: bind -> setup -> serve -> drain -> teardown, in one function (Agent.run).
+
+The Agent owns what lives as long as the process: the cache, the counters (observe/meters.py), the
+listeners, network setup, the PID file, and the resolver in use. Live reload (reload.py) hands it a
+new config; Agent.apply() builds a new resolver beside the old one and swaps it in one synchronous step:
+  1. loops     upstreams at our own addresses are dropped; with resolve.loop_detect every upstream is
+               probed (resolve/loop.py) while the old config still serves
+  2. build     a new resolver (groups, chains, TTL policies) beside the old one; partitions are shared
+  3. swap      listeners get the new resolver, so a query is answered by the old or the new config,
+               never lost
+  4. cache     zones whose upstream chain changed are emptied, as are removed zones and the zone an
+               added zone takes names from; every other zone keeps its entries (reload.plan)
+  5. retire    the old resolver finishes its queries in flight, then closes its upstream connections
+Listen addresses, network setup, the HTTP addresses, the live page and the PID file are fixed at start:
+a change there is logged as needing a restart, and the rest is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from nodelocal import BindError
+from nodelocal.agent.periodic import every
+from nodelocal.agent.reload import RESTART_FIELDS, Change, Reloader, plan
+from nodelocal.cache.store import DENIAL, SUCCESS, Store
+from nodelocal.config import Config, describe, format_hostport
+from nodelocal.config.source import Loaded, Source
+from nodelocal.netsetup import NetSetup
+from nodelocal.netsetup.plan import HEARTBEAT_INTERVAL
+from nodelocal.netsetup.runner import ERR_CONFIGMAP
+from nodelocal.observe import page
+from nodelocal.observe.http import HTTPServer
+from nodelocal.observe.live import TICK, Live
+from nodelocal.observe.meters import Meters
+from nodelocal.resolve import loop as loopdetect
+from nodelocal.resolve.probe import wait_ready
+from nodelocal.resolve.resolver import Resolver
+from nodelocal.server.sockets import bind_tcp, bind_udp
+from nodelocal.server.tcp import TCPServer
+from nodelocal.server.udp import UDPServer
+
+log = logging.getLogger("nodelocal.agent")
+
+
+class Agent:
+    """One running agent: its cache, resolver, listeners and endpoints."""
+
+    def __init__(self, cfg: Config, now: Callable[[], float] = time.monotonic, source: Source | None = None,
+                 loaded: Loaded | None = None) -> None:
+        self.cfg = cfg
+        self.now = now
+        self.meters = Meters()
+        self.store = Store(cfg.cache.max_bytes, now)
+        self.live = Live(self.meters, self.store, now=now) if cfg.page else None  # the live page's data
+        self.guard = loopdetect.LoopGuard(now)  # answers our own loop probes when they come back
+        self.guard.on_loop = self._late_loop
+        self.resolver = self._resolver(cfg)
+        self.registry = self.meters.registry(self.store)
+        self.stop_event = asyncio.Event()
+        self.udp_transports: list[asyncio.DatagramTransport] = []
+        self.udp_protocols: list[UDPServer] = []
+        self.servers: list[asyncio.Server] = []
+        self.tcp = TCPServer(self.resolver, self.meters.server, cfg.listen.tcp_idle_timeout,
+                             cfg.listen.tcp_max_connections, cfg.listen.tcp_max_pipelined, self.live)
+        self.bound: list[tuple[str, tuple[str, int]]] = []  # ("udp"/"tcp"/"http", address) actually bound
+        # Network setup's calls block (netlink, nft/iptables): one thread of their own runs them in order.
+        self.netsetup = NetSetup(cfg, self.meters.setup) if cfg.setup else None
+        self._setup_pool: ThreadPoolExecutor | None = None
+        self.reloader = Reloader(source, loaded, self._reload, self._reload_failed)
+        self.config_lock = asyncio.Lock()  # one config change at a time: reloads and late loops
+        self.tasks: set[asyncio.Task[object]] = set()
+        self._probing = False
+        self._pidfile: Path | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self, drain_timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        failures = self.meters.agent.task_failures
+        for line in describe(cfg).splitlines():
+            log.info("%s", line)
+        # 1. Bind every listener first: a node whose address is taken must fail before it claims anything.
+        #    Only the interface goes in before, as the local IPs must exist to be bound (an existing one is
+        #    left as it is). A failed bind tears nothing down: the address may be another agent's, alive.
+        if self.netsetup is not None:
+            await self._in_setup(self.netsetup.ensure_link)
+        await self._bind()
+        self.meters.agent.listening = True
+        # 2. Network setup: the conntrack-bypass rules go in only now that listeners are bound; from here
+        #    they are reconciled every netsetup.sync_interval, and the liveness heartbeat that host-network
+        #    clients' bypass depends on is refreshed every second (netsetup/reconcile.py).
+        tasks: list[asyncio.Task[None]] = []
+        if self.netsetup is not None:
+            ns = self.netsetup
+            await self._in_setup(ns.ensure_rules)
+            tasks += [loop.create_task(every(cfg.netsetup.sync_interval, lambda: self._in_setup(ns.sync),
+                                             "reconcile", failures)),
+                      loop.create_task(every(HEARTBEAT_INTERVAL, lambda: self._in_setup(ns.heartbeat),
+                                             "heartbeat", failures))]
+        # 3. Serve: HTTP endpoints, the cache sweeper, the live page's ticker, the readiness probe;
+        #    signals ask for a stop.
+        await self._serve_http()
+        tasks.append(loop.create_task(every(lambda: self.cfg.cache.sweep_interval,
+                                            lambda: self.store.sweep(self.now()), "sweep", failures)))
+        if self.live is not None:
+            tasks.append(loop.create_task(every(TICK, self.live.tick, "live", failures)))
+        tasks.append(loop.create_task(wait_ready(cfg, self.meters.resolve)))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.stop)
+        # 3a. Upstreams that send queries back to us are taken out (loop detection), the PID file is
+        #     written, and from here a changed config file or SIGHUP reloads the config (reload.py).
+        async with self.config_lock:
+            safe = await self._without_loops(cfg)
+            if safe != cfg:
+                self.apply(safe)
+        self._write_pidfile()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.trigger, "SIGHUP")
+        if self.reloader.watching():
+            assert self.reloader.source is not None
+            tasks.append(loop.create_task(every(self._watch_interval, self._watch_round, "config-watch", failures)))
+            log.info("watching %s for changes (every %.1fs; SIGHUP reloads at once)",
+                     ", ".join(str(p) for p in self.reloader.source.watched()), cfg.reload_interval)
+        self.reloader.started = True
+        log.info("serving on %s", ", ".join(f"{p} {format_hostport(a)}" for p, a in self.bound))
+        try:
+            await self.stop_event.wait()
+        finally:
+            # 4. Drain: stop accepting, let queries in flight finish (bounded), close connections.
+            log.info("stopping: draining for up to %.1fs", drain_timeout)
+            for s in self.servers:
+                s.close()
+            pending = set(self.tcp.tasks)
+            for p in self.udp_protocols:
+                pending |= p.tasks
+            if pending:
+                await asyncio.wait(pending, timeout=drain_timeout)
+            for t in self.udp_transports:
+                t.close()
+            self.tcp.close_all()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            self.reloader.stop()
+            for task in [*tasks, *self.tasks]:
+                task.cancel()
+            self.resolver.close()
+            if self._pidfile is not None:
+                with contextlib.suppress(OSError):
+                    self._pidfile.unlink()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            # 5. Teardown: rules first, then the interface (netsetup.teardown); with skip_teardown both stay,
+            #    and the rules still fail open (no listener, heartbeat expired).
+            if self.netsetup is not None:
+                if cfg.netsetup.skip_teardown:
+                    log.info("skip-teardown: interface %s and rules left in place", cfg.netsetup.interface_name)
+                else:
+                    await self._in_setup(self.netsetup.teardown)
+            if self._setup_pool is not None:
+                self._setup_pool.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped")
+
+    # -- start-up steps ----------------------------------------------------------------------------------
+
+    async def _in_setup(self, step: Callable[[], object]) -> None:
+        """Run one blocking network-setup step on the setup thread (steps run one at a time, in order)."""
+        if self._setup_pool is None:
+            self._setup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netsetup")
+        await asyncio.get_running_loop().run_in_executor(self._setup_pool, step)
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        port = self.cfg.listen.port
+        socks: list[tuple[str, socket.socket]] = []
+        try:
+            for ip in self.cfg.listen.localip:
+                socks.append(("udp", bind_udp((ip, port))))
+                socks.append(("tcp", bind_tcp((ip, port))))
+        except BindError:
+            for _k, s in socks:
+                s.close()
+            raise
+        for kind, sock in socks:
+            name = sock.getsockname()
+            self.bound.append((kind, (name[0], name[1])))
+            if kind == "udp":
+                proto = UDPServer(self.resolver, self.store, self.meters.server, self.cfg.listen.max_udp_payload,
+                                  self.now, live=self.live, ipv6=sock.family == socket.AF_INET6)
+                transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
+                self.udp_transports.append(transport)
+                self.udp_protocols.append(proto)
+            else:
+                self.servers.append(await loop.create_server(self.tcp.protocol, sock=sock))
+
+    async def _serve_http(self) -> None:
+        metrics = HTTPServer({"/metrics": self._metrics})
+        if self.live is not None:
+            metrics.routes.update(page.routes(self.live))
+        health = HTTPServer({"/health": self._health, "/ready": self._ready})
+        maddr, haddr = self.cfg.metrics_address(), self.cfg.health_address()
+        if maddr == haddr:
+            metrics.routes.update(health.routes)
+            pairs = [(metrics, maddr)]
+        else:
+            pairs = [(metrics, maddr), (health, haddr)]
+        for srv, addr in pairs:
+            try:
+                server = await asyncio.start_server(srv.handle, addr[0], addr[1], reuse_address=True)
+            except OSError as e:
+                raise BindError(f"cannot bind http {format_hostport(addr)}: {e.strerror}") from None
+            self.servers.append(server)
+            sa = server.sockets[0].getsockname()
+            self.bound.append(("http", (sa[0], sa[1])))
+
+    def _write_pidfile(self) -> None:
+        if not self.cfg.pidfile:
+            return
+        path = Path(self.cfg.pidfile)
+        try:
+            path.write_text(f"{os.getpid()}\n")
+        except OSError as e:
+            log.error("cannot write pidfile %s: %s", self.cfg.pidfile, e.strerror)
+            return
+        self._pidfile = path
+
+    # -- endpoints ---------------------------------------------------------------------------------------
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def _health(self) -> tuple[int, str, bytes]:
+        ok = self.meters.agent.listening and not self.stop_event.is_set()
+        return (200, "text/plain", b"OK\n") if ok else (503, "text/plain", b"not listening\n")
+
+    def _ready(self) -> tuple[int, str, bytes]:
+        if self.meters.resolve.ready and not self.stop_event.is_set():
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"no upstream has answered yet\n"
+
+    # -- config changes ----------------------------------------------------------------------------------
+
+    def _watch_interval(self) -> float:
+        interval = self.cfg.reload_interval
+        return interval if interval > 0 else 1.0
+
+    async def _watch_round(self) -> None:
+        if self.cfg.reload_interval > 0:  # 0 turns the file watch off (SIGHUP still reloads)
+            await self.reloader.check()
+
+    async def _reload(self, loaded: Loaded) -> Change:
+        """The Reloader's target: drop looping upstreams from the new config, then apply it."""
+        async with self.config_lock:
+            change = self.apply(await self._without_loops(loaded.config))
+        self.meters.agent.reloads["success"] += 1
+        return change
+
+    def _reload_failed(self, _message: str) -> None:
+        self.meters.agent.reloads["failure"] += 1
+        self.meters.setup.error(ERR_CONFIGMAP)  # node-cache counts a broken ConfigMap there too
+
+    def _resolver(self, cfg: Config) -> Resolver:
+        return Resolver(cfg, self.store, self.meters.cache, self.meters.resolve, self.now, self.guard)
+
+    async def _without_loops(self, cfg: Config) -> Config:
+        """cfg minus the upstreams that lead back to us (static check always, probes if loop_detect)."""
+        own = loopdetect.own_addresses(self.cfg) | loopdetect.own_addresses(cfg)
+        loops = loopdetect.static_loops(cfg, own)
+        if cfg.resolve.loop_detect:
+            self.guard.found.clear()
+            self._probing = True
+            try:
+                loops |= await loopdetect.probe(loopdetect.without(cfg, loops), self.guard, self.meters.resolve,
+                                                skip=loops)
+            finally:
+                self._probing = False
+        self.meters.resolve.loops = dict(loops)
+        for to, group in loops.items():
+            log.error("%s", loopdetect.explain(to, group))
+        return loopdetect.without(cfg, loops) if loops else cfg
+
+    def _late_loop(self, to: str, group: str) -> None:
+        """A probe came back after its pass ended: stop forwarding to that server now."""
+        if self._probing:
+            return
+
+        async def drop() -> None:
+            async with self.config_lock:
+                self.meters.resolve.loops[to] = group
+                log.error("%s", loopdetect.explain(to, group))
+                self.apply(loopdetect.without(self.cfg, [to]))
+
+        self._spawn(drop())
+
+    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def apply(self, new: Config) -> Change:
+        """Steps 2-5 of the module docstring. Synchronous from the swap on: no query sees a half state."""
+        old = self.cfg
+        fixed = {f: getattr(old, f) for f in RESTART_FIELDS}
+        restart = [f for f, v in fixed.items() if getattr(new, f) != v]
+        new = dataclasses.replace(new, **fixed)
+        if new == old:
+            return Change(unchanged=True, restart=restart)
+        change = plan(old, new)
+        change.restart = restart
+        store = self.store
+        resolver = self._resolver(new)
+        # The swap: every listener asks the new resolver from the next query on.
+        retired = self.resolver
+        self.resolver = resolver
+        for p in self.udp_protocols:
+            p.resolver = resolver
+        self.tcp.resolver = resolver
+        self.cfg = new
+        store.max_bytes = new.cache.max_bytes
+        for z in change.cleared:
+            store.clear(z)
+        for z in change.removed:
+            store.clear(z)
+            for kind in (SUCCESS, DENIAL):
+                store.partitions.pop((z, kind), None)
+            self.meters.cache.misses.pop(z, None)
+        self.meters.resolve.upstream_servers = {s.label: g.name for g in resolver.groups.values() for s in g.servers}
+        logging.getLogger().setLevel(new.log_level.upper())
+        self._spawn(self._retire(retired, old.resolve.query_timeout + 1.0))
+        return change
+
+    async def _retire(self, old: Resolver, grace: float) -> None:
+        """Let the old resolver's queries in flight finish (they answer their clients), then close it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while old.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        old.close()

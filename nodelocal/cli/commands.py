@@ -1,0 +1,209 @@
+"""Command line: `nodelocal serve | check-config | dnsconfig | stats | version`. Each serve flag maps to one
+config field; node-cache's flags (Go spellings too) are accepted beside them (compat.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from nodelocal import ConfigError, NodelocalError, __version__
+from nodelocal.cli import dnsconfig
+from nodelocal.cli import nodecache as compat
+from nodelocal.config import Config, describe
+from nodelocal.config.source import Loaded, Source
+
+# --dev: a laptop profile. Applied before the explicit flags, which still win.
+DEV_PROFILE: dict[str, Any] = {
+    "listen": {"localip": ["127.0.0.1"], "port": 5353},
+    "setup": False,
+    "metrics_addr": "127.0.0.1:9253",
+    "health_addr": "127.0.0.1:8080",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (config/nodelocal.yaml documents it)")
+    p.add_argument("--localip", metavar="IP[,IP...]", help="addresses to answer on [listen.localip]")
+    p.add_argument("--port", type=int, metavar="N", help="UDP/TCP port [listen.port]")
+    p.add_argument("--cluster-dns", metavar="HOST[:PORT]",
+                   help="cluster DNS to forward to [upstreams.cluster.servers]; "
+                        "default $KUBE_DNS_UPSTREAM_SERVICE_HOST/_PORT")
+    p.add_argument("--upstream", action="append", metavar="HOST[:PORT]",
+                   help="host nameserver, repeatable [upstreams.host.servers]; default /etc/resolv.conf")
+    p.add_argument("--cluster-domain", metavar="DOMAIN", help="cluster zone [cluster_domain]")
+    p.add_argument("--no-setup", action="store_true", help="skip interface and rule setup [setup=false]")
+    p.add_argument("--interface-name", metavar="NAME", help="link holding the local IPs [netsetup.interface_name]")
+    p.add_argument("--rules-backend", choices=("auto", "nft", "iptables-nft", "iptables-legacy"),
+                   help="where the conntrack-bypass rules go [netsetup.rules_backend]")
+    p.add_argument("--sync-interval", type=float, metavar="SECONDS",
+                   help="re-check interface and rules this often [netsetup.sync_interval]")
+    p.add_argument("--skip-teardown", action="store_true",
+                   help="leave interface and rules on exit [netsetup.skip_teardown=true]")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serves /metrics [metrics_addr]")
+    p.add_argument("--health-addr", metavar="HOST:PORT", help="serves /health and /ready [health_addr]")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
+    p.add_argument("--dev", action="store_true",
+                   help="laptop profile: 127.0.0.1:5353, no setup, loopback metrics and health")
+    compat.add_flags(p)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="nodelocal", description="NodeLocal DNS caching agent for Kubernetes nodes.")
+    parser.add_argument("--version", action="version", version=f"nodelocal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    serve = sub.add_parser("serve", help="run the caching agent")
+    _add_config_flags(serve)
+    check = sub.add_parser("check-config", help="validate a config and print the effective zones")
+    check.add_argument("file", nargs="?", help="YAML config; without it the defaults are checked")
+    _add_config_flags(check)
+    dnsc = sub.add_parser("dnsconfig", help="print the pod dnsPolicy/dnsConfig that sends a pod's DNS to the cache")
+    dnsc.add_argument("--namespace", "-n", required=True, metavar="NS", help="the pod's namespace")
+    dnsc.add_argument("--cluster-domain", default="cluster.local", metavar="DOMAIN", help="default cluster.local")
+    dnsc.add_argument("--ndots", type=int, default=5, metavar="N", help="default 5, as kubelet writes it")
+    dnsc.add_argument("--nameserver", action="append", metavar="IP",
+                      help=f"repeatable; default {dnsconfig.DEFAULT_NAMESERVER} (a second one, e.g. the kube-dns "
+                           "ClusterIP, is asked when the first does not answer)")
+    dnsc.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    stats = sub.add_parser("stats", help="a running agent's live figures (hit rate, QPS, latency, top names)")
+    stats.add_argument("--addr", default="127.0.0.1:9253", metavar="HOST:PORT",
+                       help="the agent's metrics address (default 127.0.0.1:9253)")
+    stats.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    stats.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch refresh period")
+    stats.add_argument("--count", type=int, default=0, metavar="N", help="--watch: stop after N refreshes")
+    stats.add_argument("--json", action="store_true", help="print /api/stats as JSON")
+    return parser
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from nodelocal.cli import stats as statscli
+
+    if args.interval <= 0 or args.count < 0:
+        print("nodelocal: stats: --interval must be > 0 and --count >= 0", file=sys.stderr)
+        return 2
+    try:
+        return statscli.run(args.addr, args.watch, args.interval, args.count, args.json)
+    except NodelocalError as e:
+        print(f"nodelocal: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the flags set (the --dev profile first, explicit flags over it)."""
+    out: dict[str, Any] = {}
+    if args.dev:
+        out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEV_PROFILE.items()}
+    listen: dict[str, Any] = out.setdefault("listen", {})
+    if args.localip is not None:
+        listen["localip"] = [s for s in args.localip.split(",") if s]
+    if args.port is not None:
+        listen["port"] = args.port
+    ups: dict[str, Any] = {}
+    if args.cluster_dns is not None:
+        ups["cluster"] = {"servers": [s for s in args.cluster_dns.split(",") if s]}
+    if args.upstream:
+        ups["host"] = {"servers": list(args.upstream)}
+    if ups:
+        out["upstreams"] = ups
+    if args.cluster_domain is not None:
+        out["cluster_domain"] = args.cluster_domain
+    if args.no_setup:
+        out["setup"] = False
+    netsetup: dict[str, Any] = {}
+    for flag in ("interface_name", "rules_backend", "sync_interval"):
+        if getattr(args, flag) is not None:
+            netsetup[flag] = getattr(args, flag)
+    if args.skip_teardown:
+        netsetup["skip_teardown"] = True
+    if netsetup:
+        out["netsetup"] = netsetup
+    for flag, fieldname in (("metrics_addr", "metrics_addr"), ("health_addr", "health_addr"),
+                            ("log_level", "log_level")):
+        if getattr(args, flag) is not None:
+            out[fieldname] = getattr(args, flag)
+    if not listen:
+        del out["listen"]
+    return out
+
+
+def run_dnsconfig(args: argparse.Namespace) -> int:
+    try:
+        doc = dnsconfig.stanza(args.namespace, args.cluster_domain, args.ndots,
+                               tuple(args.nameserver or (dnsconfig.DEFAULT_NAMESERVER,)))
+    except ConfigError as e:
+        print(f"nodelocal: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(dnsconfig.render(doc, "json" if args.json else "yaml"))
+    return 0
+
+
+# What main() loaded the config from, for the agent to read it again on reload (run_serve's signature
+# stays `run_serve(cfg)`: tests replace it).
+_source: tuple[Source, Loaded] | None = None
+
+
+def run_serve(cfg: Config) -> int:
+    from nodelocal.agent.lifecycle import Agent
+
+    source, loaded = _source if _source is not None and _source[1].config is cfg else (None, None)
+
+    async def main() -> None:
+        await Agent(cfg, source=source, loaded=loaded).run()
+
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency; the fallback keeps odd platforms working
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global _source
+    args = build_parser().parse_args(compat.normalise(sys.argv[1:] if argv is None else argv))
+    if args.command == "stats":
+        return run_stats(args)
+    if args.command == "dnsconfig":
+        return run_dnsconfig(args)
+    try:
+        flags = overrides_from(args)
+        notes = compat.overrides(args, flags)
+        source = compat.build_source(args, flags)
+        loaded = source.load()  # YAML or Corefile, + the kube-dns ConfigMap, + flags (source.py)
+    except NodelocalError as e:
+        print(f"nodelocal: {e}", file=sys.stderr)
+        return 2
+    cfg = loaded.config
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    notes += loaded.notes
+    if args.command == "check-config":
+        print(describe(cfg))
+        for note in notes:
+            print(f"nodelocal: note: {note}", file=sys.stderr)
+        return 0
+    log = logging.getLogger("nodelocal")
+    log.info("config from %s", f"{loaded.kind} {loaded.path}" if loaded.path else "defaults and flags")
+    for note in notes:
+        log.warning("%s", note)
+    _source = (source, loaded)
+    try:
+        return run_serve(cfg)
+    except NodelocalError as e:
+        print(f"nodelocal: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

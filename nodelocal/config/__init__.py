@@ -1,0 +1,44 @@
+"""Configuration: one typed, frozen model (model.py) and where it comes from.
+
+Data flow: YAML (model.load) or a node-local-dns Corefile (corefile.py) -> + the kube-dns ConfigMap
+(kubedns.py) -> + command-line flags -> a validated Config (source.py reads it all again on reload).
+This package's face is the model: `from nodelocal.config import Config` and its helpers.
+"""
+
+from __future__ import annotations
+
+from nodelocal.config.model import (
+    Address,
+    CacheConfig,
+    Config,
+    ListenConfig,
+    NetSetupConfig,
+    ResolveConfig,
+    UpstreamGroup,
+    Zone,
+    ZoneCache,
+    describe,
+    format_hostport,
+    load,
+    parse_hostport,
+    resolv_conf_nameservers,
+    validate,
+)
+
+__all__ = [
+    "Address",
+    "CacheConfig",
+    "Config",
+    "ListenConfig",
+    "NetSetupConfig",
+    "ResolveConfig",
+    "UpstreamGroup",
+    "Zone",
+    "ZoneCache",
+    "describe",
+    "format_hostport",
+    "load",
+    "parse_hostport",
+    "resolv_conf_nameservers",
+    "validate",
+]

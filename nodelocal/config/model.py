@@ -1,0 +1,390 @@
+"""One typed, frozen config tree: defaults beside each field, loaded from YAML and flags, validated once.
+
+Every error names the field path and the bad value (`upstreams.cluster.try_timeout: must be > 0`).
+config/nodelocal.yaml documents every field; tests/unit/config/test_model.py checks it loads to these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nodelocal import ConfigError
+from nodelocal.dns.names import zone_name
+
+Address = tuple[str, int]
+
+
+def parse_hostport(text: str, default_port: int, path: str) -> Address:
+    """'1.2.3.4', '1.2.3.4:53', '::1', '[::1]:53' -> (ip, port). Only IP literals: no lookups at start."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ConfigError(path, text, "unclosed '[' in address")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":") or not (rest[1:].isascii() and rest[1:].isdigit()):
+                raise ConfigError(path, text, "expected [IPv6]:PORT")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        if not (p.isascii() and p.isdigit()):
+            raise ConfigError(path, text, "port is not a number")
+        port = int(p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(path, text, "not an IP address (HOST[:PORT], IPv6 as [ADDR]:PORT)") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(path, text, "port out of range 0-65535")
+    return host, port
+
+
+def format_hostport(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check(path: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+           choices: tuple[str, ...] | None = None) -> None:
+    if choices is not None and value not in choices:
+        raise ConfigError(path, value, f"must be one of {', '.join(choices)}")
+    if lo is not None and value < lo:
+        raise ConfigError(path, value, f"must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(path, value, f"must be <= {hi}")
+
+
+def _f(default: Any, doc: str, **check: Any) -> Any:
+    """A config field: its default, a one-line meaning, and the bounds validation enforces."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **check})
+    return field(default=default, metadata={"doc": doc, **check})
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where and how clients reach the agent."""
+
+    localip: tuple[str, ...] = _f(("169.254.20.10",), "addresses to answer on (IPv4 and IPv6 may mix)")
+    port: int = _f(53, "UDP and TCP port", lo=0, hi=65535)
+    max_udp_payload: int = _f(4096, "largest UDP reply sent, whatever the client's EDNS size", lo=512, hi=65535)
+    tcp_idle_timeout: float = _f(10.0, "seconds an idle client TCP connection stays open", lo=0.1)
+    tcp_max_connections: int = _f(1024, "open client TCP connections; new ones past this are closed", lo=1)
+    tcp_max_pipelined: int = _f(64, "queries of one TCP connection answered at once", lo=1)
+
+
+@dataclass(frozen=True)
+class UpstreamGroup:
+    """A set of nameservers tried together; zones list groups in the order they fall through."""
+
+    servers: tuple[str, ...] = _f((), "HOST[:PORT] list")
+    transport: str = _f("udp", "udp (retry over TCP when truncated) or tcp", choices=("udp", "tcp"))
+    policy: str = _f("sequential", "order of servers within the group",
+                     choices=("sequential", "random", "round_robin"))
+    try_timeout: float = _f(2.0, "seconds to wait for one server's reply", lo=0.01)
+    tcp_connections: int = _f(4, "persistent TCP connections per server, each carrying many queries", lo=1)
+    tcp_idle_timeout: float = _f(10.0, "seconds an unused upstream TCP connection is kept", lo=0.1)
+
+    def addresses(self) -> tuple[Address, ...]:
+        return tuple(parse_hostport(s, 53, "servers") for s in self.servers)
+
+
+@dataclass(frozen=True)
+class ZoneCache:
+    """Cache caps and TTL clamps of one zone (node-local-dns: `cache { success 9984 30; denial 9984 5 }`)."""
+
+    success_capacity: int = _f(9984, "positive answers kept", lo=0)
+    denial_capacity: int = _f(9984, "negative answers (NXDOMAIN, NODATA, SERVFAIL) kept", lo=0)
+    min_ttl: int = _f(5, "seconds; shorter TTLs are raised to this for caching", lo=0)
+    success_max_ttl: int = _f(30, "seconds; longer positive TTLs are cut to this", lo=0)
+    denial_max_ttl: int = _f(30, "seconds; longer negative TTLs are cut to this", lo=0)
+    servfail_ttl: int = _f(5, "seconds an upstream SERVFAIL is cached; 0 = never", lo=0)
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A zone: which upstream groups answer it, in order, and how its answers are cached."""
+
+    forward: tuple[str, ...] = _f(("cluster", "host"), "upstream group names, tried in this order")
+    cache: ZoneCache = _f(ZoneCache(), "cache caps and TTL clamps")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The one answer cache shared by all zones."""
+
+    max_bytes: int = _f(32 * 1024 * 1024, "byte budget of the whole cache", lo=4096)
+    sweep_interval: float = _f(10.0, "seconds between reclaiming expired entries", lo=0.1)
+
+
+@dataclass(frozen=True)
+class ResolveConfig:
+    """The miss path."""
+
+    query_timeout: float = _f(5.0, "seconds a client query may take over all tries, then SERVFAIL", lo=0.01)
+    max_concurrent: int = _f(1000, "distinct upstream queries in flight; past it clients get REFUSED", lo=1)
+    loop_detect: bool = _f(False, "at start and on reload, send each upstream a probe and stop forwarding to one "
+                                  "that sends it back to the agent (CoreDNS `loop`)")
+
+
+@dataclass(frozen=True)
+class NetSetupConfig:
+    """Network setup (when `setup` is on): the interface holding the local IPs and the conntrack-bypass rules."""
+
+    interface_name: str = _f("nodelocaldns", "link holding every local IP (dummy; a bridge where there is no dummy)")
+    rules_backend: str = _f("auto", "auto (the one kube-proxy uses), nft, iptables-nft or iptables-legacy",
+                            choices=("auto", "nft", "iptables-nft", "iptables-legacy"))
+    sync_interval: float = _f(60.0, "seconds between re-checks that put back removed rules or addresses", lo=0.1)
+    skip_teardown: bool = _f(False, "leave interface and rules in place on exit")
+    notrack_health_port: bool = _f(True, "skip conntrack for the health port (TCP) of every local IP too")
+    kube_dns_ips: tuple[str, ...] = _f((), "kube-dns ClusterIP(s), where a local IP falls open to when the agent "
+                                           "is down; empty = $KUBE_DNS_SERVICE_HOST, else the non-link-local localips")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole agent config."""
+
+    listen: ListenConfig = _f(ListenConfig(), "client-facing listeners")
+    cluster_domain: str = _f("cluster.local", "the cluster zone (kubelet --cluster-domain)")
+    upstreams: dict[str, UpstreamGroup] = _f({}, "named upstream groups")
+    zones: dict[str, Zone] = _f({}, "zone name -> forwarding and caching; longest suffix wins")
+    cache: CacheConfig = _f(CacheConfig(), "the answer cache")
+    resolve: ResolveConfig = _f(ResolveConfig(), "the miss path")
+    setup: bool = _f(True, "create the interface and conntrack rules (network setup)")
+    netsetup: NetSetupConfig = _f(NetSetupConfig(), "how network setup works")
+    metrics_addr: str = _f("0.0.0.0:9253", "HOST:PORT serving /metrics")
+    page: bool = _f(True, "serve the live page (/) and /api/stats on metrics_addr, sampling queries for "
+                          "its top names and clients")
+    health_addr: str = _f("", "HOST:PORT serving /health and /ready; empty = first localip:8080")
+    reload_interval: float = _f(2.0, "seconds between checks of the config files for a change (a ConfigMap's "
+                                     "..data swap); 0 = on SIGHUP only", lo=0)
+    pidfile: str = _f("", "write the agent's PID here once every listener is bound (node-cache's -pidfile)")
+    log_level: str = _f("info", "debug, info, warning or error",
+                        choices=("debug", "info", "warning", "error"))
+
+    def health_address(self) -> Address:
+        if self.health_addr:
+            return parse_hostport(self.health_addr, 8080, "health_addr")
+        return (self.listen.localip[0], 8080)
+
+    def metrics_address(self) -> Address:
+        return parse_hostport(self.metrics_addr, 9253, "metrics_addr")
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the tree from plain data (YAML, flags), with a field path in every error.
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "expected a mapping")
+        return _build(tp, value, path)  # type: ignore[arg-type]
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(path, value, "expected a list")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "expected a mapping")
+        _k, v_tp = typing.get_args(tp)
+        return {str(k): _coerce(v_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "expected a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, value, "expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "expected a string")
+        return value
+    if isinstance(tp, types.UnionType):
+        raise ConfigError(path, value, "unsupported type")
+    raise ConfigError(path, value, f"unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        f = fields.get(str(key))
+        if f is None:
+            raise ConfigError(sub, value, f"unknown field (known: {', '.join(fields)})")
+        v = _coerce(hints[f.name], value, sub)
+        check = {k: f.metadata[k] for k in ("lo", "hi", "choices") if k in f.metadata}
+        if check:
+            _check(sub, v, **check)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The `nameserver` lines of a resolv.conf, as the node's own resolvers."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return ()
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            out.append(parts[1].split("%")[0])
+    return tuple(out)
+
+
+def cluster_dns_from_env(env: typing.Mapping[str, str], service: str = "kube-dns-upstream") -> tuple[str, ...]:
+    """`<SERVICE>_SERVICE_HOST[_PORT]` as Kubernetes injects it (node-cache's -upstreamsvc)."""
+    prefix = service.upper().replace("-", "_")
+    host = env.get(f"{prefix}_SERVICE_HOST", "")
+    if not host:
+        return ()
+    port = env.get(f"{prefix}_SERVICE_PORT", "53")
+    if not (port.isascii() and port.isdigit()):
+        raise ConfigError(f"${prefix}_SERVICE_PORT", port, "not a port number")
+    return (format_hostport((host, int(port))),)
+
+
+# The two groups every config has. The cluster DNS is spoken to over TCP (node-local-dns's force_tcp:
+# no conntrack entry per query, no UDP races on the way to CoreDNS); the host nameservers over UDP.
+GROUP_DEFAULTS: dict[str, Any] = {"upstreams": {"cluster": {"transport": "tcp"}, "host": {"transport": "udp"}}}
+
+
+def default_zones(cluster_domain: str) -> dict[str, Any]:
+    """The zones node-local-dns's default Corefile defines (cluster domain, the two reverse zones, '.'),
+    as plain data."""
+    return {
+        cluster_domain: {"forward": ["cluster"], "cache": {"denial_max_ttl": 5}},
+        "in-addr.arpa": {"forward": ["cluster"]},
+        "ip6.arpa": {"forward": ["cluster"]},
+        ".": {"forward": ["cluster", "host"]},
+    }
+
+
+def load(
+    file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    resolv_conf: str = "/etc/resolv.conf",
+) -> Config:
+    """Load file (YAML), apply flag overrides, fill environment defaults, validate; ConfigError if bad."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            raw = yaml.safe_load(Path(file).read_text())
+        except OSError as e:
+            raise ConfigError("--config", file, f"cannot read: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", file, f"not valid YAML: {e}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError("(top level)", raw, "expected a mapping")
+        data = raw or {}
+    data = _merge(_merge(GROUP_DEFAULTS, data), overrides or {})
+    env = os.environ if env is None else env
+
+    cfg: Config = _build(Config, data, "")
+    groups = dict(cfg.upstreams)
+    if not groups["cluster"].servers:
+        groups["cluster"] = dataclasses.replace(groups["cluster"], servers=cluster_dns_from_env(env))
+    if not groups["host"].servers:
+        groups["host"] = dataclasses.replace(groups["host"], servers=resolv_conf_nameservers(resolv_conf))
+    zones = cfg.zones or _coerce(dict[str, Zone], default_zones(cfg.cluster_domain), "zones")
+    cfg = dataclasses.replace(cfg, upstreams=groups, zones=zones)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks the types cannot express."""
+    if not cfg.listen.localip:
+        raise ConfigError("listen.localip", cfg.listen.localip, "at least one address is needed")
+    for i, ip in enumerate(cfg.listen.localip):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"listen.localip[{i}]", ip, "not an IP address") from None
+    for name, g in cfg.upstreams.items():
+        for i, s in enumerate(g.servers):
+            parse_hostport(s, 53, f"upstreams.{name}.servers[{i}]")
+    for zname, z in cfg.zones.items():
+        try:
+            canonical = zone_name(zname)
+        except ValueError as e:
+            raise ConfigError(f"zones.{zname}", zname, f"not a zone name: {e}") from None
+        if canonical != zname:
+            raise ConfigError(f"zones.{zname}", zname, f"zone names are written in lower case without dots at "
+                              f"the ends: {canonical!r}")
+        if not z.forward:
+            raise ConfigError(f"zones.{zname}.forward", z.forward, "at least one upstream group is needed")
+        for i, gname in enumerate(z.forward):
+            if gname not in cfg.upstreams:
+                raise ConfigError(f"zones.{zname}.forward[{i}]", gname,
+                                  f"no such upstream group (known: {', '.join(cfg.upstreams)})")
+    if "." not in cfg.zones:
+        raise ConfigError("zones", sorted(cfg.zones), "a '.' zone is needed for names no other zone covers")
+    name = cfg.netsetup.interface_name
+    if not 0 < len(name) <= 15 or "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
+        raise ConfigError("netsetup.interface_name", name, "not a Linux interface name (1-15 characters, "
+                          "no '/' or spaces)")
+    for i, ip in enumerate(cfg.netsetup.kube_dns_ips):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"netsetup.kube_dns_ips[{i}]", ip, "not an IP address") from None
+    parse_hostport(cfg.metrics_addr, 9253, "metrics_addr")
+    if cfg.health_addr:
+        parse_hostport(cfg.health_addr, 8080, "health_addr")
+
+
+def describe(cfg: Config) -> str:
+    """The effective zones and upstreams, one line each (check-config and the start-up log)."""
+    lines = []
+    for zname in sorted(cfg.zones, key=lambda z: (z == ".", z)):
+        z = cfg.zones[zname]
+        chain = " -> ".join(
+            f"{g}[{cfg.upstreams[g].transport}: {', '.join(cfg.upstreams[g].servers) or 'no servers'}]"
+            for g in z.forward
+        )
+        c = z.cache
+        lines.append(
+            f"zone {zname}: {chain}; cache success {c.success_capacity}/{c.success_max_ttl}s "
+            f"denial {c.denial_capacity}/{c.denial_max_ttl}s min {c.min_ttl}s servfail {c.servfail_ttl}s"
+        )
+    return "\n".join(lines)

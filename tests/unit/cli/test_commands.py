@@ -1,0 +1,167 @@
+"""nodelocal.cli: flags become config overrides; bad command lines and bad values exit 2 in one line."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nodelocal.cli import commands as cli
+from nodelocal.cli.commands import DEV_PROFILE, build_parser, main, overrides_from
+
+# Keep main() away from the machine's resolv.conf and the pod environment.
+HERMETIC = ["--upstream", "192.0.2.53", "--cluster-dns", "10.96.0.10"]
+
+
+@pytest.fixture(autouse=True)
+def _no_kube_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBE_DNS_UPSTREAM_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBE_DNS_UPSTREAM_SERVICE_PORT", raising=False)
+
+
+def over(*argv: str) -> dict[str, object]:
+    return overrides_from(build_parser().parse_args(["serve", *argv]))
+
+
+# --------------------------------------------------------------------------------------------------
+# overrides_from
+
+
+def test_no_flags_no_overrides() -> None:
+    assert over() == {}
+
+
+def test_dev_profile() -> None:
+    assert over("--dev") == {
+        "listen": {"localip": ["127.0.0.1"], "port": 5353},
+        "setup": False,
+        "metrics_addr": "127.0.0.1:9253",
+        "health_addr": "127.0.0.1:8080",
+    }
+
+
+def test_flags_win_over_dev() -> None:
+    before = copy.deepcopy(DEV_PROFILE)
+    o = over("--dev", "--port", "5400", "--metrics-addr", "127.0.0.1:19253", "--localip", "127.0.0.2")
+    assert o["listen"] == {"localip": ["127.0.0.2"], "port": 5400}
+    assert o["metrics_addr"] == "127.0.0.1:19253"
+    assert o["health_addr"] == "127.0.0.1:8080" and o["setup"] is False
+    assert DEV_PROFILE == before  # the profile itself is never changed
+    assert over("--dev")["listen"] == {"localip": ["127.0.0.1"], "port": 5353}
+
+
+def test_localip_comma_list() -> None:
+    assert over("--localip", "169.254.20.10,10.96.0.10,")["listen"] == {"localip": ["169.254.20.10", "10.96.0.10"]}
+    assert over("--localip", "fd00::10") == {"listen": {"localip": ["fd00::10"]}}
+
+
+def test_upstream_is_repeatable() -> None:
+    o = over("--upstream", "1.1.1.1", "--upstream", "[2606:4700::1111]:53", "--upstream", "9.9.9.9:5353")
+    assert o == {"upstreams": {"host": {"servers": ["1.1.1.1", "[2606:4700::1111]:53", "9.9.9.9:5353"]}}}
+
+
+def test_cluster_dns_comma_list_and_upstream_together() -> None:
+    o = over("--cluster-dns", "10.96.0.10,10.96.0.11:5353", "--upstream", "1.1.1.1")
+    assert o == {"upstreams": {"cluster": {"servers": ["10.96.0.10", "10.96.0.11:5353"]},
+                               "host": {"servers": ["1.1.1.1"]}}}
+
+
+def test_each_flag_sets_its_field() -> None:
+    o = over("--cluster-domain", "k8s.example", "--no-setup", "--health-addr", "127.0.0.1:8081",
+             "--log-level", "debug", "--port", "53")
+    assert o == {"listen": {"port": 53}, "cluster_domain": "k8s.example", "setup": False,
+                 "health_addr": "127.0.0.1:8081", "log_level": "debug"}
+
+
+def test_dev_overrides_load_into_a_config() -> None:
+    from nodelocal.config import load
+
+    cfg = load(None, over("--dev", "--upstream", "1.1.1.1"), env={}, resolv_conf="/nonexistent")
+    assert cfg.listen.localip == ("127.0.0.1",) and cfg.listen.port == 5353 and cfg.setup is False
+    assert cfg.upstreams["host"].servers == ("1.1.1.1",)
+    assert cfg.health_address() == ("127.0.0.1", 8080)
+
+
+# --------------------------------------------------------------------------------------------------
+# main(): exit codes and messages
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+        (["check-config", "--frobnicate", "1"], "unrecognized arguments"),
+        (["serve", "--port", "fifty"], "--port"),
+        (["serve", "--log-level", "loud"], "--log-level"),
+        ([], "command"),
+        (["start"], "start"),
+    ],
+)
+def test_bad_command_line_exits_2_with_one_line(argv: list[str], words: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("nodelocal") and "error:" in err and words in err
+
+
+def test_check_config_prints_zones_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", *HERMETIC]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["zone cluster.local", "zone in-addr.arpa", "zone ip6.arpa",
+                                                     "zone ."]
+    assert "cluster[tcp: 10.96.0.10]" in out[0]
+    assert "cluster[tcp: 10.96.0.10] -> host[udp: 192.0.2.53]" in out[3]
+
+
+def test_check_config_reads_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({
+        "upstreams": {"corp": {"servers": ["10.1.1.1"]}},
+        "zones": {"corp.example": {"forward": ["corp"]}, ".": {"forward": ["host"]}},
+    }))
+    assert main(["check-config", str(f), *HERMETIC]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("zone corp.example: corp[udp: 10.1.1.1]")
+    assert out[1].startswith("zone .: host[udp: 192.0.2.53]")
+    assert main(["check-config", "--config", str(f), *HERMETIC]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("zone corp.example")
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--port", "70000"], "listen.port"),
+        (["--localip", "10.0.0.1,not-an-ip"], "listen.localip[1]"),
+        (["--metrics-addr", "localhost:9253"], "metrics_addr"),
+        (["--upstream", "dns.google"], "upstreams.host.servers[1]"),  # after HERMETIC's one
+    ],
+)
+def test_bad_value_exits_2_naming_the_field(argv: list[str], field: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", *HERMETIC, *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"nodelocal: config error: {field}: ")
+    assert captured.err.count("\n") == 1
+
+
+def test_bad_value_in_the_file_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("cache:\n  max_bytes: 12\n")
+    assert main(["check-config", str(f), *HERMETIC]) == 2
+    assert capsys.readouterr().err.startswith("nodelocal: config error: cache.max_bytes: must be >= 4096 (got 12)")
+
+
+def test_serve_with_a_bad_value_exits_2_before_starting(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    started = []
+    monkeypatch.setattr(cli, "run_serve", lambda cfg: started.append(cfg) or 0)
+    assert main(["serve", *HERMETIC, "--port", "-5"]) == 2
+    assert not started
+    assert "listen.port" in capsys.readouterr().err
+    assert main(["serve", "--dev", *HERMETIC]) == 0
+    assert started and started[0].listen.port == 5353
