@@ -159,7 +159,7 @@ class TCPPool:
         self.idle_timeout = idle_timeout
         self.stats = stats
         self.conns: list[_TCPConn] = []
-        self.connecting = 0
+        self.opening: set[asyncio.Task[_TCPConn]] = set()  # connections being opened (they count towards size)
 
     def forget(self, conn: _TCPConn) -> None:
         if conn in self.conns:
@@ -168,10 +168,22 @@ class TCPPool:
     async def _pick(self, timeout: float) -> _TCPConn:
         live = (c for c in self.conns if not c.closed and c.transport is not None and not c.transport.is_closing())
         best = min(live, key=lambda c: len(c.pending), default=None)
-        if best is not None and (not best.pending or len(self.conns) + self.connecting >= self.size):
+        full = len(self.conns) + len(self.opening) >= self.size
+        if best is not None and (not best.pending or full):
             return best
+        if best is None and full and self.opening:
+            # Every slot is taken by a connection still being opened: wait for one rather than open more.
+            done, _ = await asyncio.wait(self.opening, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise UpstreamTimeout(f"{self.label}: TCP connect timed out")
+            return next(iter(done)).result()  # its failure is this query's too
+        task = asyncio.get_running_loop().create_task(self._connect(timeout))
+        self.opening.add(task)
+        task.add_done_callback(self.opening.discard)
+        return await asyncio.shield(task)
+
+    async def _connect(self, timeout: float) -> _TCPConn:
         loop = asyncio.get_running_loop()
-        self.connecting += 1
         try:
             _t, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _TCPConn(self), self.peer[0], self.peer[1]), timeout
@@ -180,8 +192,6 @@ class TCPPool:
             raise UpstreamTimeout(f"{self.label}: TCP connect timed out") from None
         except OSError as e:
             raise UpstreamError(f"{self.label}: TCP connect failed: {e.strerror or e}") from None
-        finally:
-            self.connecting -= 1
         self.conns.append(conn)
         return conn
 
@@ -198,6 +208,8 @@ class TCPPool:
             raise UpstreamTimeout(f"{self.label} did not answer over TCP in {timeout:.2f}s") from None
 
     def close(self) -> None:
+        for t in list(self.opening):
+            t.cancel()
         for c in list(self.conns):
             if c.transport is not None:
                 c.transport.close()

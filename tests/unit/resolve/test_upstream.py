@@ -421,10 +421,6 @@ def test_tcp_new_connection_only_when_all_are_busy_up_to_size() -> None:
     pool_test(body, size=3)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="TCPPool._pick opens a connection for every query that finds no open one, ignoring connections already "
-           "being opened: a burst on a cold pool opens more than `size`")
 def test_tcp_burst_on_a_cold_pool_stays_within_size() -> None:
     async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
         tasks = [exchange(pool, f"q{i}.example.test") for i in range(6)]
