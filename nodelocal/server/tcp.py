@@ -4,6 +4,7 @@ out of order, an idle timeout, a cap on open connections and on queries in fligh
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ class TCPConnection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
+        self.waiting: collections.deque[bytes] = collections.deque()  # read, not started: over max_pipelined
         self.inflight = 0
         self.paused = False
         self.idle: asyncio.TimerHandle | None = None
@@ -60,16 +62,33 @@ class TCPConnection(asyncio.Protocol):
             self.queries["tcp"] += 1
             if self.server.live is not None:
                 self.server.live.record(msg, self.peer, 1, None)
+            self.waiting.append(msg)
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Start queries read so far, up to max_pipelined in flight; at the cap, stop reading (RFC 7766 §6.2.1.1:
+        a server may limit the queries it processes at once per connection). Several queries can arrive
+        in one segment, so the rest wait here until answers make room."""
+        srv = self.server
+        while self.waiting and self.inflight < srv.max_pipelined:
+            msg = self.waiting.popleft()
             self.inflight += 1
             if self.idle is not None:
                 self.idle.cancel()
                 self.idle = None
             task = asyncio.get_running_loop().create_task(self._answer(msg))
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
-            if self.inflight >= self.server.max_pipelined and not self.paused and self.transport is not None:
-                self.paused = True
-                self.transport.pause_reading()
+            srv.tasks.add(task)
+            task.add_done_callback(srv.tasks.discard)
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        busy = self.inflight >= srv.max_pipelined
+        if busy and not self.paused:
+            self.paused = True
+            t.pause_reading()
+        elif not busy and self.paused:
+            self.paused = False
+            t.resume_reading()
 
     async def _answer(self, msg: bytes) -> None:
         stats = self.server.stats
@@ -88,9 +107,7 @@ class TCPConnection(asyncio.Protocol):
             return
         if reply is not None:
             t.write(frame(reply))
-        if self.paused and self.inflight < self.server.max_pipelined:
-            self.paused = False
-            t.resume_reading()
+        self._start_waiting()
         if self.inflight == 0:
             self._arm_idle()
 

@@ -218,10 +218,6 @@ def test_reading_pauses_at_max_pipelined_and_resumes_below_it() -> None:
     serve(body, max_pipelined=2)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="data_received starts a task for every complete frame in the buffer before pausing: queries that "
-           "arrive in one segment are all in flight at once, past max_pipelined")
 def test_queries_in_one_segment_stay_within_max_pipelined() -> None:
     async def body(c: Ctx) -> None:
         holds = [c.hold(f"q{i}.example.test.") for i in range(5)]
