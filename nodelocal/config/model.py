@@ -24,7 +24,11 @@ Address = tuple[str, int]
 
 
 def parse_hostport(text: str, default_port: int, path: str) -> Address:
-    """'1.2.3.4', '1.2.3.4:53', '::1', '[::1]:53' -> (ip, port). Only IP literals: no lookups at start."""
+    """'1.2.3.4', '1.2.3.4:53', '::1', '[::1]:53' -> (ip, port). Only IP literals: no lookups at start.
+
+    The IP comes back in canonical form ('FD00:0::53' -> 'fd00::53'), as the kernel reports addresses:
+    a reply's source, our own listen addresses and metric labels then compare as equal strings.
+    """
     text = text.strip()
     host, port = text, default_port
     if text.startswith("["):
@@ -42,7 +46,7 @@ def parse_hostport(text: str, default_port: int, path: str) -> Address:
             raise ConfigError(path, text, "port is not a number")
         port = int(p)
     try:
-        ipaddress.ip_address(host)
+        host = ipaddress.ip_address(host).compressed
     except ValueError:
         raise ConfigError(path, text, "not an IP address (HOST[:PORT], IPv6 as [ADDR]:PORT)") from None
     if not 0 <= port <= 65535:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import secrets
 import struct
@@ -66,7 +67,8 @@ class LoopGuard:
 
 
 def own_addresses(cfg: Config) -> set[Address]:
-    return {(ip, cfg.listen.port) for ip in cfg.listen.localip}
+    """Our listen addresses, in the canonical form config.parse_hostport gives upstream addresses."""
+    return {(ipaddress.ip_address(ip).compressed, cfg.listen.port) for ip in cfg.listen.localip}
 
 
 def static_loops(cfg: Config, own: Iterable[Address]) -> dict[str, str]:
