@@ -103,15 +103,17 @@ class Chain:
 
     async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> Reply | None:
         query = wire.build_query(0, question, rd, cd, do, wire.EDNS_PAYLOAD)
-        question_lc = question.lower()
+        question_lc = question[:-4].lower() + question[-4:]  # the name lowercased; type and class as they are
         deadline = self.now() + self.query_timeout
         last: Reply | None = None
         tried_before = False
         for group in self.groups:
             if not group.servers:
                 continue
+            if deadline - self.now() <= 0:
+                return last
             if tried_before:
-                self.stats.fallthrough += 1
+                self.stats.fallthrough += 1  # counted only when the next group really gets the query
             tried_before = True
             for server in group.order():
                 remaining = deadline - self.now()

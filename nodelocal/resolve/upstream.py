@@ -21,14 +21,19 @@ _U16 = struct.Struct(">H")
 
 
 def reply_matches(reply: bytes, qid: int, question_lc: bytes) -> bool:
-    """Is `reply` a response to our query `qid` for `question_lc` (lowercased name+type+class)?"""
+    """Is `reply` a response to our query `qid` for `question_lc` (lowercased name, then type and class)?
+
+    The name compares case-insensitively; type and class compare as they are (HTTPS is 65, which is
+    byte 'A': lowercasing the whole question would take a reply for type 97 for it).
+    """
     end = wire.HEADER_LEN + len(question_lc)
     return (
         len(reply) >= end
         and _U16.unpack_from(reply, 0)[0] == qid
         and reply[2] & wire.QR != 0
         and reply[4:6] == b"\x00\x01"
-        and reply[wire.HEADER_LEN:end].lower() == question_lc
+        and reply[end - 4 : end] == question_lc[-4:]
+        and reply[wire.HEADER_LEN : end - 4].lower() == question_lc[:-4]
     )
 
 
