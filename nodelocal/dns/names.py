@@ -19,6 +19,8 @@ def zone_name(text: str) -> str:
     Raises ValueError, saying what is wrong, for anything else: an empty label ('a..b', '.a'), a label
     over 63 characters, a name over 253, or a character outside letters, digits, '-' and '_'.
     """
+    if not text.isascii():  # checked first: str.lower() maps some non-ASCII letters to ASCII (KELVIN SIGN -> 'k')
+        raise ValueError("only ASCII letters, digits, '-' and '_' (an IDN is written in its xn-- form)")
     name = text.lower()
     if name == ".":
         return "."
