@@ -114,6 +114,18 @@ class ZoneCache:
     success_max_ttl: int = _f(30, "seconds; longer positive TTLs are cut to this", lo=0)
     denial_max_ttl: int = _f(30, "seconds; longer negative TTLs are cut to this", lo=0)
     servfail_ttl: int = _f(5, "seconds an upstream SERVFAIL is cached; 0 = never", lo=0)
+    serve_stale: float = _f(86400.0, "seconds past expiry an entry may still answer while every upstream of the "
+                                     "zone fails (RFC 8767 serve-stale); 0 = off", lo=0)
+    stale_ttl: int = _f(30, "TTL of a stale answer (RFC 8767 §4: 30 s)", lo=1)
+    stale_client_timeout: float = _f(1.8, "seconds a client waits for an upstream before it gets the stale "
+                                          "answer; the refresh goes on (RFC 8767 §5: 1.8 s)", lo=0.0)
+    stale_recheck: float = _f(30.0, "seconds a name whose refresh failed is answered stale without asking "
+                                    "upstream again (RFC 8767 failure recheck timer)", lo=0.0)
+    prefer_stale: bool = _f(False, "last-known-good: while the zone's upstreams are degraded, prefer a stale "
+                                   "positive answer over a new NXDOMAIN, NODATA or SERVFAIL (never while healthy)")
+    prefetch_hits: int = _f(2, "hits an entry needs in its lifetime to be refreshed before it expires; 0 = off",
+                            lo=0)
+    prefetch_percent: int = _f(10, "refresh when less than this share of the TTL is left", lo=1, hi=99)
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ class ResolveConfig:
     max_concurrent: int = _f(1000, "distinct upstream queries in flight; past it clients get REFUSED", lo=1)
     loop_detect: bool = _f(False, "at start and on reload, send each upstream a probe and stop forwarding to one "
                                   "that sends it back to the agent (CoreDNS `loop`)")
+    prefetch_rate: int = _f(100, "prefetch refreshes started per second at most, over all zones", lo=1)
 
 
 @dataclass(frozen=True)
@@ -295,7 +308,8 @@ def default_zones(cluster_domain: str) -> dict[str, Any]:
     """The zones node-local-dns's default Corefile defines (cluster domain, the two reverse zones, '.'),
     as plain data."""
     return {
-        cluster_domain: {"forward": ["cluster"], "cache": {"denial_max_ttl": 5}},
+        # Pod IPs move: a stale cluster answer is served for 10 minutes at most (a day elsewhere).
+        cluster_domain: {"forward": ["cluster"], "cache": {"denial_max_ttl": 5, "serve_stale": 600.0}},
         "in-addr.arpa": {"forward": ["cluster"]},
         "ip6.arpa": {"forward": ["cluster"]},
         ".": {"forward": ["cluster", "host"]},
