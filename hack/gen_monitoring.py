@@ -131,7 +131,8 @@ ROWS = [
         Panel("Upstream health", [Target(f"min by (group, to) (nodelocal_upstream_healthy{{{F}}})",
                                          "{{group}} {{to}}")],
               unit="bool_yes_no", width=8, max=1,
-              description="0 once a server's last 2 tries got no reply at all (CoreDNS forward's max_fails)."),
+              description="0 while a server is marked down and skipped (max_fails tries in a row without a reply); "
+                          "a probe's reply brings it back."),
         Panel("Fallthrough, coalescing, failures", [
             Target(f"sum({rate('nodelocal_fallthrough_total')})", "fallthrough to the next group"),
             Target(f"sum({rate('nodelocal_coalesced_queries_total')})", "coalesced into a query in flight"),

@@ -99,6 +99,11 @@ class UpstreamGroup:
     try_timeout: float = _f(2.0, "seconds to wait for one server's reply", lo=0.01)
     tcp_connections: int = _f(4, "persistent TCP connections per server, each carrying many queries", lo=1)
     tcp_idle_timeout: float = _f(10.0, "seconds an unused upstream TCP connection is kept", lo=0.1)
+    max_fails: int = _f(2, "tries in a row without any reply that mark a server down (skipped while another "
+                           "server of the group is up, probed until it answers); 0 = never", lo=0)
+    health_check: float = _f(0.5, "seconds between probes (`. IN NS`) of a server marked down", lo=0.01)
+    udp_retransmit: float = _f(0.4, "seconds of silence after which a UDP query is sent again within one try "
+                                    "(at most twice, each leaving this long again for the reply); 0 = off", lo=0)
 
     def addresses(self) -> tuple[Address, ...]:
         return tuple(parse_hostport(s, 53, "servers") for s in self.servers)
@@ -304,12 +309,15 @@ def cluster_dns_from_env(env: typing.Mapping[str, str], service: str = "kube-dns
 GROUP_DEFAULTS: dict[str, Any] = {"upstreams": {"cluster": {"transport": "tcp"}, "host": {"transport": "udp"}}}
 
 
+# Pod IPs move: a stale cluster answer is served for 10 minutes at most (the other zones: a day).
+CLUSTER_SERVE_STALE = 600.0
+
+
 def default_zones(cluster_domain: str) -> dict[str, Any]:
     """The zones node-local-dns's default Corefile defines (cluster domain, the two reverse zones, '.'),
     as plain data."""
     return {
-        # Pod IPs move: a stale cluster answer is served for 10 minutes at most (a day elsewhere).
-        cluster_domain: {"forward": ["cluster"], "cache": {"denial_max_ttl": 5, "serve_stale": 600.0}},
+        cluster_domain: {"forward": ["cluster"], "cache": {"denial_max_ttl": 5, "serve_stale": CLUSTER_SERVE_STALE}},
         "in-addr.arpa": {"forward": ["cluster"]},
         "ip6.arpa": {"forward": ["cluster"]},
         ".": {"forward": ["cluster", "host"]},

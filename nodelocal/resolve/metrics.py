@@ -1,5 +1,5 @@
 """The resolver's and forwarder's counters and series: coalescing, the concurrency bound, each upstream's
-tries, round trips and health, replies dropped as spoofed, upstreams taken out as loops."""
+tries, round trips, retransmits and health, replies dropped as spoofed, upstreams taken out as loops."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from nodelocal.observe.histogram import Histogram
 # Upstream outcomes exported from the start for every server (others appear when they first happen).
 UPSTREAM_OUTCOMES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "timeout", "error", "malformed")
 
-# CoreDNS forward's max_fails: consecutive tries without a reply before a server counts as down.
+# CoreDNS forward's max_fails: consecutive tries without a reply before a server counts as down (the
+# default of UpstreamGroup.max_fails).
 MAX_FAILS = 2
+HEALTH_STATES = ("down", "up")
 
 
 class ResolveStats:
@@ -29,6 +31,10 @@ class ResolveStats:
         self.upstream_duration: dict[tuple[str, str], Histogram] = {}  # (to, rcode) -> answered tries
         self.upstream_servers: dict[str, str] = {}  # to -> group name, every configured server
         self.upstream_fails: dict[str, int] = {}  # to -> consecutive tries without any reply
+        self.upstream_down: set[str] = set()  # servers the forwarder skips (forward.Server's state, mirrored)
+        self.upstream_transports: dict[str, str] = {}  # to -> its group's transport
+        self.health_changes: dict[tuple[str, str, str], int] = {}  # (group, to, down|up) -> count
+        self.retransmits: dict[tuple[str, str], int] = {}  # (to, udp|tcp) -> queries sent again within a try
         self.healthcheck_broken = 0  # queries for which every upstream try failed
         self.loops: dict[str, str] = {}  # upstream -> group, taken out for sending queries back to us (loop.py)
         self.ready = False  # an upstream has answered at least once
@@ -47,8 +53,17 @@ class ResolveStats:
             h.observe(seconds)
 
     def upstream_healthy(self, to: str) -> bool:
-        """CoreDNS forward's rule: any reply, whatever its rcode, is healthy; MAX_FAILS tries without one are not."""
-        return self.upstream_fails.get(to, 0) < MAX_FAILS
+        """Not marked down by the forwarder (its group's max_fails tries in a row got no reply at all; any
+        reply, whatever its rcode, brings it back: CoreDNS forward's rule)."""
+        return to not in self.upstream_down
+
+    def health_change(self, group: str, to: str, state: str) -> None:
+        key = (group, to, state)
+        self.health_changes[key] = self.health_changes.get(key, 0) + 1
+
+    def retransmit(self, to: str, transport: str) -> None:
+        key = (to, transport)
+        self.retransmits[key] = self.retransmits.get(key, 0) + 1
 
 
 class ResolveCollector(Collector):
@@ -67,11 +82,29 @@ class ResolveCollector(Collector):
             pd.add_metric(["forward", to, rcode], hist.buckets(), hist.total)
         yield pd
         up = GaugeMetricFamily("nodelocal_upstream_healthy",
-                               f"1 unless the server's last {MAX_FAILS} tries got no reply at all.",
+                               "0 while the server is marked down (its group's max_fails tries in a row got no "
+                               "reply) and skipped for another server of its group; 1 otherwise.",
                                labels=["group", "to"])
         for to, group in s.upstream_servers.items():
             up.add_metric([group, to], int(s.upstream_healthy(to)))
         yield up
+        hc = CounterMetricFamily("nodelocal_upstream_health_changes",
+                                 "Servers marked down (max_fails tries without a reply) or up again (a reply).",
+                                 labels=["group", "to", "state"])
+        changes = dict.fromkeys(((g, to, st) for to, g in s.upstream_servers.items() for st in HEALTH_STATES), 0)
+        changes.update(s.health_changes)
+        for (group, to, state), n in changes.items():
+            hc.add_metric([group, to, state], n)
+        yield hc
+        rt = CounterMetricFamily("nodelocal_upstream_retransmits",
+                                 "Queries sent again within one try: over UDP after udp_retransmit seconds of "
+                                 "silence, over TCP on a new connection after theirs was closed, reset or stalled.",
+                                 labels=["to", "transport"])
+        resent = {(to, s.upstream_transports.get(to, "udp")): 0 for to in s.upstream_servers}
+        resent.update(s.retransmits)
+        for (to, transport), n in resent.items():
+            rt.add_metric([to, transport], n)
+        yield rt
         lp = GaugeMetricFamily("nodelocal_upstream_loop",
                                "1 per upstream taken out because it sends our queries back to us (a loop).",
                                labels=["group", "to"])

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import struct
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from nodelocal.config import UpstreamGroup
@@ -20,6 +23,7 @@ from nodelocal.resolve.forward import Chain, Group, Reply
 from nodelocal.resolve.metrics import MAX_FAILS, ResolveStats
 from tests.fakedns import DROP, REFUSED, SERVFAIL, TRUNCATE, FakeDNS, free_port
 
+T = TypeVar("T")
 NAME = "www.example.test"
 FAST = 0.3  # per-try timeout of servers that are expected to time out
 
@@ -430,3 +434,409 @@ def test_answered_tries_are_timed_failed_ones_are_not(upstream: Callable[..., Fa
     forward([group("g", [a.port, b.port], stats, try_timeout=0.2)], stats)
     assert set(stats.upstream_duration) == {(label(b.port), "SERVFAIL")}
     assert stats.upstream_duration[(label(b.port), "SERVFAIL")].n == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Health that steers: down after max_fails silent tries, skipped while another is up, probed back
+
+
+SLOW_PROBE = 60.0  # health_check of tests in which no probe must run before they are done
+
+
+def run_chain(groups: list[Group], body: Callable[[Chain], Coroutine[Any, Any, T]], stats: ResolveStats,
+              query_timeout: float = 5.0) -> T:
+    """Run `body` with a chain over `groups` in one event loop (probes live as long as it); close them after."""
+
+    async def go() -> T:
+        chain = Chain(groups, stats, query_timeout)
+        try:
+            return await body(chain)
+        finally:
+            for g in groups:
+                g.close()
+
+    return asyncio.run(go())
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_down_after_max_fails_silent_tries_then_skipped_while_another_is_up(
+        upstream: Callable[..., FakeDNS], caplog: pytest.LogCaptureFixture) -> None:
+    a, b = upstream("192.0.2.1", DROP), upstream("192.0.2.2")
+    stats = ResolveStats()
+    g = group("cluster", [a.port, b.port], stats, health_check=SLOW_PROBE)
+    server_a = g.servers[0]
+    caplog.set_level(logging.INFO, logger="nodelocal.forward")
+
+    async def body(chain: Chain) -> list[str]:
+        ips = [answer_ip(await chain.forward(question(), True, False, False)) for _ in range(2)]
+        assert server_a.down and server_a.probe is not None  # two silent tries: down, and probed
+        ips += [answer_ip(await chain.forward(question(), True, False, False)) for _ in range(3)]
+        return ips
+
+    assert run_chain([g], body, stats) == ["192.0.2.2"] * 5
+    assert a.count(NAME) == MAX_FAILS  # the two tries that marked it down; never asked again
+    assert b.count(NAME) == 5
+    assert stats.upstream_requests[(label(a.port), "timeout")] == MAX_FAILS
+    assert not stats.upstream_healthy(label(a.port)) and stats.upstream_healthy(label(b.port))
+    assert stats.health_changes == {("cluster", label(a.port), "down"): 1}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        f"upstream {label(a.port)} (group cluster) is down: 2 tries without a reply; skipped while another "
+        "server answers"]
+
+
+def test_one_silent_try_does_not_mark_down_and_a_reply_resets_the_count(upstream: Callable[..., FakeDNS]) -> None:
+    a, b = upstream("192.0.2.1", DROP), upstream("192.0.2.2")
+    stats = ResolveStats()
+    g = group("g", [a.port, b.port], stats, health_check=SLOW_PROBE)
+
+    async def body(chain: Chain) -> None:
+        await chain.forward(question(), True, False, False)
+        assert g.servers[0].fails == 1 and not g.servers[0].down
+        a.behaviour.clear()
+        assert answer_ip(await chain.forward(question(), True, False, False)) == "192.0.2.1"
+        assert g.servers[0].fails == 0
+        a.behaviour[NAME + "."] = DROP
+        await chain.forward(question(), True, False, False)
+        assert not g.servers[0].down  # 1 + 1 silent tries, but not in a row
+
+    run_chain([g], body, stats)
+    assert a.count(NAME) == 3
+
+
+def test_a_servfail_is_a_sign_of_life(upstream: Callable[..., FakeDNS]) -> None:
+    a, b = upstream("192.0.2.1", SERVFAIL), upstream("192.0.2.2")
+    stats = ResolveStats()
+    g = group("g", [a.port, b.port], stats, health_check=SLOW_PROBE)
+    replies = forward_all([g], stats, [question()] * 4)
+    assert [answer_ip(r) for r in replies] == ["192.0.2.2"] * 4
+    assert a.count(NAME) == 4  # never skipped: it replies, if only SERVFAIL
+    assert stats.health_changes == {}
+
+
+def test_max_fails_zero_never_marks_down(upstream: Callable[..., FakeDNS]) -> None:
+    a, b = upstream("192.0.2.1", DROP), upstream("192.0.2.2")
+    stats = ResolveStats()
+    g = group("g", [a.port, b.port], stats, max_fails=0)
+    replies = forward_all([g], stats, [question()] * 3)
+    assert [answer_ip(r) for r in replies] == ["192.0.2.2"] * 3
+    assert a.count(NAME) == 3
+    assert stats.upstream_healthy(label(a.port)) and stats.health_changes == {}
+
+
+def test_when_all_are_down_all_are_still_tried_in_policy_order(upstream: Callable[..., FakeDNS]) -> None:
+    a, b = upstream("192.0.2.1", DROP), upstream("192.0.2.2", DROP)
+    stats = ResolveStats()
+    g = group("g", [a.port, b.port], stats, max_fails=1, health_check=SLOW_PROBE)
+
+    async def body(chain: Chain) -> None:
+        assert await chain.forward(question(), True, False, False) is None
+        assert all(s.down for s in g.servers)
+        b.behaviour.clear()  # b answers again, but is still marked down
+        # Both down: trying beats failing fast, a first as the policy says, then b, which answers.
+        assert answer_ip(await chain.forward(question(), True, False, False)) == "192.0.2.2"
+        assert (a.count(NAME), b.count(NAME)) == (2, 2)
+        assert not g.servers[1].down  # its reply brought it back
+        # Now b is up: a, still down, is skipped.
+        assert answer_ip(await chain.forward(question(), True, False, False)) == "192.0.2.2"
+        assert (a.count(NAME), b.count(NAME)) == (2, 3)
+
+    run_chain([g], body, stats)
+    assert stats.health_changes == {("g", label(a.port), "down"): 1, ("g", label(b.port), "down"): 1,
+                                    ("g", label(b.port), "up"): 1}
+    assert not stats.upstream_healthy(label(a.port)) and stats.upstream_healthy(label(b.port))
+
+
+@pytest.mark.parametrize("policy", ["sequential", "round_robin", "random"])
+def test_order_leaves_out_down_servers_while_one_is_up(policy: str) -> None:
+    g = group("g", [1001, 1002, 1003], ResolveStats(), policy=policy)
+    g.servers[1].down = True
+    for _ in range(6):
+        assert sorted(ports_of(g.order())) == [1001, 1003]
+    for s in g.servers:
+        s.down = True
+    for _ in range(6):
+        assert sorted(ports_of(g.order())) == [1001, 1002, 1003]  # all down: all of them
+
+
+def test_order_keeps_the_round_robin_rotation_around_a_down_server() -> None:
+    g = group("g", [1001, 1002, 1003], ResolveStats(), policy="round_robin")
+    g.servers[0].down = True
+    assert [ports_of(g.order()) for _ in range(3)] == [[1002, 1003], [1002, 1003], [1003, 1002]]
+    g.servers[0].down = False
+    assert ports_of(g.order()) == [1001, 1002, 1003]
+
+
+def test_background_probe_brings_a_server_back_and_logs_it(
+        upstream: Callable[..., FakeDNS], caplog: pytest.LogCaptureFixture) -> None:
+    a, b = upstream("192.0.2.1"), upstream("192.0.2.2")
+    a.down = True  # silent to everything, probes included
+    stats = ResolveStats()
+    g = group("cluster", [a.port, b.port], stats, health_check=0.05)
+    server_a = g.servers[0]
+    caplog.set_level(logging.INFO, logger="nodelocal.forward")
+
+    async def body(chain: Chain) -> None:
+        for _ in range(2):
+            assert answer_ip(await chain.forward(question(), True, False, False)) == "192.0.2.2"
+        assert server_a.down
+        probe = server_a.probe
+        assert probe is not None
+        await asyncio.sleep(0.5)  # probes go out meanwhile, unanswered: still down
+        assert server_a.down and not stats.upstream_healthy(label(a.port))
+        a.down = False
+        await wait_until(lambda: not server_a.down)  # a probe got a reply
+        await wait_until(probe.done)  # and the probe loop ended
+        assert server_a.probe is None
+        assert answer_ip(await chain.forward(question(), True, False, False)) == "192.0.2.1"
+
+    run_chain([g], body, stats)
+    assert a.count(".", "NS") >= 1  # what brought it back: `. IN NS`, not a client query
+    assert a.count(NAME) == 1  # while it was silent it saw nothing (a silent fake records nothing)
+    assert stats.upstream_healthy(label(a.port))
+    assert stats.health_changes == {("cluster", label(a.port), "down"): 1, ("cluster", label(a.port), "up"): 1}
+    assert stats.upstream_requests[(label(a.port), "timeout")] == 2  # the probes are not counted as tries
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1
+    assert infos[0].startswith(f"upstream {label(a.port)} (group cluster) is up again: it answered a health probe")
+
+
+def test_close_stops_the_probe(upstream: Callable[..., FakeDNS]) -> None:
+    a, b = upstream("192.0.2.1", DROP), upstream("192.0.2.2")
+    stats = ResolveStats()
+    g = group("g", [a.port, b.port], stats, max_fails=1, health_check=0.05)
+
+    async def body(chain: Chain) -> None:
+        await chain.forward(question(), True, False, False)
+        probe = g.servers[0].probe
+        assert probe is not None and not probe.done()
+        g.close()
+        await wait_until(probe.done)
+        assert probe.cancelled()
+        assert g.servers[0].probe is None
+
+    run_chain([g], body, stats)
+
+
+def test_degraded_while_a_first_group_server_is_down_or_the_last_forward_failed(
+        upstream: Callable[..., FakeDNS]) -> None:
+    a, b, c = upstream("192.0.2.1", DROP), upstream("192.0.2.2"), upstream("192.0.2.3", SERVFAIL)
+    stats = ResolveStats()
+    first = group("cluster", [a.port, b.port], stats, health_check=SLOW_PROBE)
+    broken = group("broken", [c.port], stats)
+
+    async def body(chain: Chain) -> None:
+        other = Chain([group("empty", [], stats), broken], stats, 5.0)
+        assert not chain.degraded and not other.degraded
+        await chain.forward(question(), True, False, False)  # a silent once, b answers
+        assert not chain.degraded
+        await chain.forward(question(), True, False, False)  # a down: degraded though b answers
+        assert chain.degraded
+        assert rcode(await other.forward(question(), True, False, False)) == dns.rcode.SERVFAIL
+        assert other.degraded  # the last forward got no acceptable reply (a SERVFAIL from every server)
+        c.behaviour.clear()
+        assert answer_ip(await other.forward(question(), True, False, False)) == "192.0.2.3"
+        assert not other.degraded
+
+    run_chain([first, broken], body, stats)
+
+
+def test_degraded_after_a_forward_no_server_replied_to(upstream: Callable[..., FakeDNS]) -> None:
+    a = upstream("192.0.2.1", DROP)
+    stats = ResolveStats()
+    g = group("g", [a.port], stats, max_fails=0)
+
+    async def body(chain: Chain) -> None:
+        assert await chain.forward(question(), True, False, False) is None
+        assert chain.degraded and not g.servers[0].down
+        a.behaviour.clear()
+        await chain.forward(question(), True, False, False)
+        assert not chain.degraded
+
+    run_chain([g], body, stats)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses that cost less than a try: a TCP connection reset under its query, a lost UDP datagram
+
+
+def a_reply(query: bytes, ip: str) -> bytes:
+    m = dns.message.from_wire(query)
+    r = dns.message.make_response(m)
+    r.answer.append(dns.rrset.from_text(m.question[0].name, 60, "IN", "A", ip))
+    return r.to_wire()
+
+
+class ScriptedTCP:
+    """A TCP upstream whose n-th connection (from 1) resets, closes or answers with 192.0.2.<n>, as `how(n)` says."""
+
+    def __init__(self, how: Callable[[int], str]) -> None:
+        self.how = how
+        self.conns = 0
+        self.queries: list[int] = []  # the connection number each query came on
+
+    async def start(self) -> int:
+        up = self
+
+        class Conn(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.t: Any = transport
+                self.buf = bytearray()
+                up.conns += 1
+                self.n = up.conns
+
+            def data_received(self, data: bytes) -> None:
+                self.buf += data
+                for msg in wire.pop_frames(self.buf):
+                    up.queries.append(self.n)
+                    act = up.how(self.n)
+                    if act == "reset":  # SO_LINGER 0: the close sends a RST, as a deleted pod's node does
+                        self.t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                                   struct.pack("ii", 1, 0))
+                        self.t.abort()
+                    elif act == "close":
+                        self.t.close()
+                    else:
+                        self.t.write(wire.frame(a_reply(msg, f"192.0.2.{self.n}")))
+
+        self.server = await asyncio.get_running_loop().create_server(Conn, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("loss", ["reset", "close"])
+def test_tcp_connection_lost_under_a_query_is_resent_at_once_on_a_new_connection(
+        upstream: Callable[..., FakeDNS], loss: str) -> None:
+    b = upstream("192.0.2.99")
+    stats = ResolveStats()
+    try_timeout = 3.0
+
+    async def go() -> tuple[Reply | None, float, ScriptedTCP, int]:
+        x = ScriptedTCP(lambda n: loss if n == 1 else "answer")
+        port = await x.start()
+        g = group("cluster", [port, b.port], stats, transport="tcp", try_timeout=try_timeout)
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = loop.time()
+            reply = await Chain([g], stats, 5.0).forward(question(), True, False, False)
+            return reply, loop.time() - t0, x, port
+        finally:
+            g.close()
+            x.close()
+
+    reply, took, x, port = asyncio.run(go())
+    assert answer_ip(reply) == "192.0.2.2"  # the same server, on its second connection
+    assert x.queries == [1, 2] and x.conns == 2
+    assert took < try_timeout  # not a wait for the try timeout on the lost connection
+    assert b.count() == 0  # the next server was not needed
+    assert stats.upstream_requests == {(label(port), "NOERROR"): 1}  # one try
+    assert stats.retransmits == {(label(port), "tcp"): 1}
+
+
+def test_tcp_every_connection_reset_moves_on_to_the_next_server_at_once(upstream: Callable[..., FakeDNS]) -> None:
+    b = upstream("192.0.2.99")
+    stats = ResolveStats()
+    try_timeout = 3.0
+
+    async def go() -> tuple[Reply | None, float, ScriptedTCP, int]:
+        x = ScriptedTCP(lambda n: "reset")
+        port = await x.start()
+        g = group("cluster", [port, b.port], stats, transport="tcp", try_timeout=try_timeout)
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = loop.time()
+            reply = await Chain([g], stats, 5.0).forward(question(), True, False, False)
+            return reply, loop.time() - t0, x, port
+        finally:
+            g.close()
+            x.close()
+
+    reply, took, x, port = asyncio.run(go())
+    assert answer_ip(reply) == "192.0.2.99"
+    assert x.conns == 2  # the query, and one resend on a new connection; then the next server
+    assert took < try_timeout
+    assert stats.upstream_requests[(label(port), "error")] == 1
+
+
+class DropFirst(asyncio.DatagramProtocol):
+    """A UDP upstream that loses the first datagram it gets and answers every later one."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, bytes]] = []  # (source, ID)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t: Any = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.seen.append((addr, data[:2]))
+        if len(self.seen) > 1:
+            self.t.sendto(a_reply(data, "192.0.2.1"), addr)
+
+
+def test_udp_lost_datagram_is_retransmitted_within_the_try() -> None:
+    stats = ResolveStats()
+    try_timeout = 2.0
+
+    async def go() -> tuple[Reply | None, float, DropFirst, int]:
+        loop = asyncio.get_running_loop()
+        t, p = await loop.create_datagram_endpoint(DropFirst, local_addr=("127.0.0.1", 0))
+        port = t.get_extra_info("sockname")[1]
+        g = group("host", [port], stats, transport="udp", try_timeout=try_timeout, udp_retransmit=0.2)
+        try:
+            t0 = loop.time()
+            reply = await Chain([g], stats, 5.0).forward(question(), True, False, False)
+            return reply, loop.time() - t0, p, port
+        finally:
+            g.close()
+            t.close()
+
+    reply, took, p, port = asyncio.run(go())
+    assert answer_ip(reply) == "192.0.2.1"
+    assert len(p.seen) == 2 and p.seen[0] == p.seen[1]  # the same datagram again: same source port, same ID
+    assert took < try_timeout  # answered within the one try, after the retransmit
+    assert stats.upstream_requests == {(label(port), "NOERROR"): 1}
+    assert stats.retransmits == {(label(port), "udp"): 1}
+
+
+def test_udp_retransmit_off_waits_for_the_try() -> None:
+    stats = ResolveStats()
+
+    async def go() -> tuple[Reply | None, DropFirst]:
+        loop = asyncio.get_running_loop()
+        t, p = await loop.create_datagram_endpoint(DropFirst, local_addr=("127.0.0.1", 0))
+        g = group("host", [t.get_extra_info("sockname")[1]], stats, transport="udp", try_timeout=0.5,
+                  udp_retransmit=0)
+        try:
+            return await Chain([g], stats, 5.0).forward(question(), True, False, False), p
+        finally:
+            g.close()
+            t.close()
+
+    reply, p = asyncio.run(go())
+    assert reply is None and len(p.seen) == 1
+    assert stats.retransmits == {}
+
+
+def test_a_later_try_cut_short_by_the_deadline_is_not_held_against_its_server(
+        upstream: Callable[..., FakeDNS]) -> None:
+    a, b = upstream("192.0.2.1", DROP), upstream("192.0.2.2", DROP)
+    stats = ResolveStats()
+    g = group("g", [a.port, b.port], stats, try_timeout=0.3, max_fails=1, health_check=SLOW_PROBE)
+
+    async def body(chain: Chain) -> None:
+        assert await chain.forward(question(), True, False, False) is None
+        assert (a.count(NAME), b.count(NAME)) == (1, 1)
+        assert g.servers[0].down  # a whole try of silence
+        assert not g.servers[1].down and g.servers[1].fails == 0  # 0.15 s of silence: not a verdict
+
+    run_chain([g], body, stats, query_timeout=0.45)
+    assert stats.upstream_requests == {(label(a.port), "timeout"): 1, (label(b.port), "timeout"): 1}

@@ -17,7 +17,7 @@ from nodelocal import UpstreamError, UpstreamTimeout
 from nodelocal.config import UpstreamGroup
 from nodelocal.dns import wire
 from nodelocal.resolve.metrics import ResolveStats
-from nodelocal.resolve.upstream import TCPPool, _OneShot, reply_matches, udp_exchange
+from nodelocal.resolve.upstream import ConnectionLost, TCPPool, _OneShot, reply_matches, udp_exchange
 from tests.fakedns import DROP, SPOOF, FakeDNS, free_port
 
 T = TypeVar("T")
@@ -541,3 +541,186 @@ def test_tcp_pool_close_closes_its_connections() -> None:
         await until(lambda: all(p.closed for p in up.conns))
 
     pool_test(body, on_query=answer_now)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses noticed early: UDP retransmits, connections lost or stalled under their queries
+
+
+def drop_first() -> Callable[[bytes], list[bytes]]:
+    """A responder script that loses the first datagram and answers the rest."""
+    count = [0]
+
+    def respond(q: bytes) -> list[bytes]:
+        count[0] += 1
+        return [] if count[0] == 1 else [reply_to(q)]
+
+    return respond
+
+
+def test_udp_exchange_retransmits_the_same_datagram_after_a_silence() -> None:
+    stats = ResolveStats()
+
+    async def go() -> tuple[bytes, _Responder, tuple[str, int]]:
+        t, p = await _responder(drop_first())
+        peer = t.get_extra_info("sockname")
+        try:
+            return await udp_exchange(peer, query(4242), 4242, question().lower(), 3.0, stats, retransmit=0.1), p, peer
+        finally:
+            t.close()
+
+    r, p, peer = run(go)
+    assert dns.message.from_wire(r).id == 4242
+    assert len(p.sources) == 2 and p.sources[0] == p.sources[1]  # again from the same socket
+    assert stats.retransmits == {(f"{peer[0]}:{peer[1]}", "udp"): 1}
+
+
+@pytest.mark.parametrize(("timeout", "sends"), [(0.15, 1), (0.25, 2), (0.6, 3)])
+def test_udp_retransmits_leave_as_long_again_for_the_reply_and_stop_at_two(timeout: float, sends: int) -> None:
+    """With 0.1 s: a resend at 0.1 s needs a try of 0.2 s or more, one at 0.2 s 0.3 s; there is no third."""
+    stats = ResolveStats()
+
+    async def go() -> _Responder:
+        t, p = await _responder(lambda q: [])
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await udp_exchange(t.get_extra_info("sockname"), query(1), 1, question().lower(), timeout, stats,
+                                   retransmit=0.1)
+            return p
+        finally:
+            t.close()
+
+    p = run(go)
+    assert len(p.sources) == sends
+    assert sum(stats.retransmits.values()) == sends - 1
+
+
+def test_tcp_lost_connection_raises_connection_lost_with_its_time() -> None:
+    async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
+        (a,) = await in_turn(up, pool, ["a.example.test"])
+        before = asyncio.get_running_loop().time()
+        assert up.conns[0].t is not None
+        up.conns[0].t.close()
+        with pytest.raises(ConnectionLost) as e:
+            await a
+        assert e.value.at >= before
+
+    pool_test(body, size=2)
+
+
+def test_tcp_resend_after_a_loss_takes_a_connection_made_since() -> None:
+    """A connection older than the loss may lead to the same dead pod: the resend opens a new one."""
+    async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
+        up.on_query = answer_now
+        await exchange(pool, "warm.example.test")  # one idle connection in the pool
+        (old,) = pool.conns
+        lost_at = asyncio.get_running_loop().time()
+        r = await pool.exchange(query(0), question().lower(), 5.0, since=lost_at)
+        assert qname_of(r) == NAME + "."
+        assert len(up.conns) == 2 and len(pool.conns) == 2
+        assert up.received[-1][0] is up.conns[1]  # the resend went on the new connection, not the idle old one
+        assert old in pool.conns
+        r = await exchange(pool, "later.example.test")  # without `since`, the old one serves again
+        assert len(up.conns) == 2
+
+    pool_test(body, size=2)
+
+
+def test_tcp_resends_after_one_loss_share_one_new_connection() -> None:
+    async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
+        lost_at = asyncio.get_running_loop().time()
+        up.on_query = answer_now
+        got = await asyncio.gather(*(pool.exchange(query(0, f"q{i}.example.test"),
+                                                   question(f"q{i}.example.test").lower(), 5.0, since=lost_at)
+                                     for i in range(5)))
+        assert len(got) == 5
+        assert len(up.conns) == 1  # they waited for the one being opened rather than each opening its own
+
+    pool_test(body, size=1)
+
+
+def test_tcp_connection_silent_for_a_whole_try_is_closed_as_stalled() -> None:
+    async def go() -> None:
+        up = TCPUpstream()  # never answers
+        pool = TCPPool(await up.start(), 4, 10.0, ResolveStats(), stall_timeout=0.2)
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await pool.exchange(query(), question().lower(), 0.2)
+            (peer,) = up.conns
+            await until(lambda: peer.closed)  # stalled: closed rather than kept for the next query
+            assert pool.conns == []
+            up.on_query = answer_now
+            assert qname_of(await pool.exchange(query(), question().lower(), 5.0)) == NAME + "."
+            assert len(up.conns) == 2
+        finally:
+            pool.close()
+            up.close()
+            await asyncio.sleep(0)
+
+    asyncio.run(go())
+
+
+def test_tcp_stalled_connection_is_not_picked_and_its_queries_fail_at_once() -> None:
+    async def go() -> None:
+        up = TCPUpstream()
+        pool = TCPPool(await up.start(), 1, 10.0, ResolveStats(), stall_timeout=0.2)
+        loop = asyncio.get_running_loop()
+        try:
+            waiting = loop.create_task(pool.exchange(query(0, "stuck.example.test"),
+                                                     question("stuck.example.test").lower(), 30.0))
+            await until(received(up, 1))
+            await asyncio.sleep(0.3)  # longer than the stall timeout, nothing received
+            up.on_query = answer_now
+            fresh = await pool.exchange(query(), question().lower(), 5.0)
+            assert qname_of(fresh) == NAME + "."
+            assert len(up.conns) == 2 and up.received[-1][0] is up.conns[1]  # a new connection took it
+            with pytest.raises(ConnectionLost) as e:
+                await waiting  # failed when its connection was closed, not after its 30 s
+            assert "stalled" in str(e.value)
+            assert up.conns[0].closed
+        finally:
+            pool.close()
+            up.close()
+            await asyncio.sleep(0)
+
+    asyncio.run(go())
+
+
+def test_tcp_connection_that_keeps_answering_is_not_stalled() -> None:
+    """A slow query on a connection whose other queries are answered: the connection is alive."""
+    async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
+        slow = exchange(pool, "slow.example.test", 30.0)
+        await until(received(up, 1))
+        up.on_query = answer_now
+        for i in range(4):
+            await exchange(pool, f"q{i}.example.test")
+            await asyncio.sleep(0.1)  # 0.4 s in all, twice the stall timeout, with replies coming in
+        assert len(up.conns) == 1 and not slow.done()
+        (peer, m), *_ = up.received
+        peer.send(reply_to(m))
+        assert qname_of(await slow) == "slow.example.test."
+
+    async def go() -> None:
+        up = TCPUpstream()
+        pool = TCPPool(await up.start(), 1, 10.0, ResolveStats(), stall_timeout=0.2)
+        try:
+            await body(up, pool, pool.stats)
+        finally:
+            pool.close()
+            up.close()
+            await asyncio.sleep(0)
+
+    asyncio.run(go())
+
+
+def test_tcp_cancelled_query_leaves_no_pending_entry() -> None:
+    async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
+        t = exchange(pool)
+        await until(received(up, 1))
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        (conn,) = pool.conns
+        assert conn.pending == {}
+
+    pool_test(body)
