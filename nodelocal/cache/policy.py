@@ -9,8 +9,14 @@ import dns.message
 from nodelocal import WireError
 from nodelocal.cache.store import DENIAL, SUCCESS, Entry
 from nodelocal.dns import wire
+from nodelocal.dns.names import labels_of_wire
 
 UNCAPPED = 0x7FFFFFFF  # RFC 2181 §8: the largest TTL
+
+TYPE_CNAME = 5  # RFC 1035 §3.2.2
+TYPE_DNAME = 39  # RFC 6672
+TYPE_ANY = 255  # RFC 1035 §3.2.3 (QTYPE *): any record at the name answers it
+_MAX_WIRE_NAME = 255  # RFC 1035 §2.3.4
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +33,9 @@ def decide(buf: bytes, sc: wire.Scan, policy: TTLPolicy) -> tuple[int, int] | No
     """(kind, ttl) for a cacheable answer, None for one that must not be cached.
 
     Not cached: truncated answers, REFUSED and every rcode but NOERROR/NXDOMAIN/SERVFAIL, negative
-    answers without an SOA (RFC 2308 §5), and anything whose TTL comes out as 0.
+    answers without an SOA (RFC 2308 §5), and anything whose TTL comes out as 0. A NOERROR answer
+    whose CNAME/DNAME chain ends without data of the asked type is NODATA (RFC 2308 §2.2.1), a
+    negative answer like any other.
     """
     if sc.truncated:
         return None
@@ -38,17 +46,119 @@ def decide(buf: bytes, sc: wire.Scan, policy: TTLPolicy) -> tuple[int, int] | No
         return (DENIAL, policy.servfail_ttl) if policy.servfail_ttl > 0 else None
     answers = [r for r in sc.records if r.section == 0]
     if rcode == wire.NOERROR and answers:
-        ttl = min(r.ttl for r in sc.records)
-        ttl = max(policy.min_ttl, min(ttl, policy.success_max_ttl))
-        return (SUCCESS, ttl) if ttl > 0 else None
+        nodata = chain_ends_without_data(buf, sc, answers)
+        if nodata is None:
+            return None  # a name in the chain we cannot read: serve it, do not cache it
+        if not nodata:
+            ttl = min(r.ttl for r in sc.records)
+            ttl = max(policy.min_ttl, min(ttl, policy.success_max_ttl))
+            return (SUCCESS, ttl) if ttl > 0 else None
+        # RFC 2308 §2.2.1: a CNAME chain and no data of the type at its end is NODATA, negative below.
     if rcode in (wire.NOERROR, wire.NXDOMAIN):
         # RFC 2308 §5: negative TTL = min(SOA TTL, SOA MINIMUM); no SOA in authority, no caching.
         for r in sc.records:
             if r.section == 1 and r.rtype == wire.TYPE_SOA:
                 ttl = min(r.ttl, wire.soa_minimum(buf, r))
+                # The chain before a denial (RFC 2308 §2.1, §2.2.1) is cached with it: the entry must
+                # not outlive any of its records (RFC 2181 §5.2 / §8, a TTL is an upper bound).
+                for a in answers:
+                    ttl = min(ttl, a.ttl)
                 ttl = max(policy.min_ttl, min(ttl, policy.denial_max_ttl))
                 return (DENIAL, ttl) if ttl > 0 else None
         return None
+    return None
+
+
+def read_name(buf: bytes, off: int) -> bytes:
+    """The name at `off`, lowercased, in uncompressed wire form (RFC 1035 §4.1.4 pointers followed).
+
+    Each pointer must point before the name and before the previous pointer's target (RFC 1035
+    §4.1.4: "a prior occurrence"; dnspython's rule too), which rules out loops; the whole name must
+    fit 255 octets (RFC 1035 §2.3.4).
+    """
+    out = bytearray()
+    n = len(buf)
+    limit = off
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end of the message")
+        ln = buf[off]
+        if ln == 0:
+            out.append(0)
+            if len(out) > _MAX_WIRE_NAME:
+                raise WireError("name longer than 255 octets")
+            return bytes(out).lower()
+        if ln & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("truncated compression pointer")
+            ptr = (ln & 0x3F) << 8 | buf[off + 1]
+            if ptr >= limit:
+                raise WireError("compression pointer does not point backwards")
+            off = limit = ptr
+            continue
+        if ln & 0xC0:
+            raise WireError(f"unsupported label type 0x{ln:02x}")
+        if off + 1 + ln > n:
+            raise WireError("label runs past the end of the message")
+        out += buf[off : off + 1 + ln]
+        if len(out) > _MAX_WIRE_NAME:
+            raise WireError("name longer than 255 octets")
+        off += 1 + ln
+
+
+def chain_ends_without_data(buf: bytes, sc: wire.Scan, answers: list[wire.Record]) -> bool | None:
+    """Whether the answer section's CNAME/DNAME chain from the question name ends without a record
+    of the asked type (RFC 2308 §2.2.1: NODATA after a chain); None if a name cannot be read.
+
+    An answer with no CNAME or DNAME, or a question for CNAME or ANY, is never NODATA: the answer
+    section then holds the data itself. Names compare case-insensitively (RFC 4343).
+    """
+    if sc.qdcount != 1:
+        return False  # no one question to follow a chain from (entry_for refuses such answers anyway)
+    qtype = buf[sc.qend - 4] << 8 | buf[sc.qend - 3]
+    if qtype in (TYPE_CNAME, TYPE_ANY) or not any(r.rtype in (TYPE_CNAME, TYPE_DNAME) for r in answers):
+        return False
+    try:
+        owners = [read_name(buf, r.offset) for r in answers]
+        name = read_name(buf, wire.HEADER_LEN)
+        # Each step uses up a record of the chain: more steps than records means a loop.
+        for _ in range(len(answers) + 1):
+            target: bytes | None = None
+            for owner, r in zip(owners, answers, strict=True):
+                if owner == name:
+                    if r.rtype == qtype:
+                        return False
+                    if r.rtype == TYPE_CNAME:
+                        target = read_name(buf, r.rdata_offset)
+            if target is None:
+                target = _dname_substitute(buf, name, owners, answers)
+            if target is None:
+                return True
+            name = target
+        return True  # a CNAME loop never reaches data
+    except WireError:
+        return None
+
+
+def _dname_substitute(buf: bytes, name: bytes, owners: list[bytes], answers: list[wire.Record]) -> bytes | None:
+    """`name` rewritten by a DNAME owned by one of its ancestors (RFC 6672 §2.2), None if none applies.
+
+    Servers send the CNAME they synthesise with the DNAME (RFC 6672 §3.1), so this is the fallback
+    for one that did not.
+    """
+    labels = labels_of_wire(name)
+    for owner, r in zip(owners, answers, strict=True):
+        if r.rtype != TYPE_DNAME:
+            continue
+        suffix = labels_of_wire(owner)
+        cut = len(labels) - len(suffix)
+        # Only names strictly below the owner are rewritten (RFC 6672 §2.3).
+        if cut > 0 and labels[cut:] == suffix:
+            prefix = b"".join(bytes([len(lb)]) + lb for lb in labels[:cut])
+            out = prefix + read_name(buf, r.rdata_offset)
+            if len(out) > _MAX_WIRE_NAME:
+                return None  # YXDOMAIN territory (RFC 6672 §2.2): the chain ends here
+            return out
     return None
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import struct
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -15,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodelocal import WireError
-from nodelocal.cache.policy import UNCAPPED, TTLPolicy, decide, entry_for
+from nodelocal.cache.policy import UNCAPPED, TTLPolicy, decide, entry_for, read_name
 from nodelocal.cache.store import DENIAL, SUCCESS
 from nodelocal.dns import wire
 
@@ -321,3 +324,243 @@ def test_entry_ttls_property(answer: list[int], additional: list[int], lo: int, 
     cap = e.ttl if ok else UNCAPPED
     expect = [max(0, min(t, cap) - age) for t in answer + additional]
     assert ttls_of(render(e, now=100.0 + age)) == expect
+
+
+# --------------------------------------------------------------------------------------------------
+# decide: CNAME/DNAME chains (RFC 2308 §2.2.1: NODATA after a chain is a negative answer)
+
+CLUSTER = TTLPolicy(denial_max_ttl=5)  # the cluster zone's clamps (config: denial_max_ttl 5)
+
+
+def chained(qtype: str = "A", chain: tuple[tuple[str, int], ...] = (("alias.example.", 300),),
+            data: tuple[tuple[str, str, str, int], ...] = (), soa: tuple[int, int] | None = (900, 600),
+            rcode: int = dns.rcode.NOERROR, qname: str = QNAME, dname: tuple[str, str, int] | None = None,
+            flags: int = 0) -> bytes:
+    """An upstream answer to (qname, qtype): CNAMEs qname -> chain[0] -> chain[1] ... (target, ttl), then
+    `data` records (owner, type, rdata, ttl), maybe a DNAME (owner, target, ttl) first, maybe an SOA."""
+    q = dns.message.make_query(qname, qtype, use_edns=0)
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    r.flags |= flags
+    if dname is not None:
+        r.answer.append(dns.rrset.from_text(dname[0], dname[2], "IN", "DNAME", dname[1]))
+    owner = qname
+    for target, ttl in chain:
+        r.answer.append(dns.rrset.from_text(owner, ttl, "IN", "CNAME", target))
+        owner = target
+    for name, rtype, rdata, ttl in data:
+        r.answer.append(dns.rrset.from_text(name, ttl, "IN", rtype, rdata))
+    if soa is not None:
+        r.authority.append(dns.rrset.from_text(
+            "example.", soa[0], "IN", "SOA", f"ns.example. h.example. 1 7200 1800 86400 {soa[1]}"))
+    return r.to_wire(max_size=65535)
+
+
+@pytest.mark.parametrize(
+    ("chain", "soa", "policy", "ttl"),
+    [
+        ((("alias.example.", 300),), (900, 600), CLUSTER, 5),  # the cluster zone's denial cap, not success's 30
+        ((("alias.example.", 300),), (900, 600), DEFAULT, 30),
+        ((("alias.example.", 300),), (100, 20), DEFAULT, 20),  # min(SOA TTL, MINIMUM)
+        ((("alias.example.", 300),), (20, 100), DEFAULT, 20),
+        ((("alias.example.", 12),), (900, 600), DEFAULT, 12),  # the CNAME's own TTL bounds the entry
+        ((("a.example.", 300), ("b.example.", 300), ("c.example.", 9)), (900, 600), DEFAULT, 9),
+        ((("alias.example.", 300),), (900, 600), TTLPolicy(success_max_ttl=1, denial_max_ttl=300), 300),
+    ],
+)
+def test_cname_chain_without_data_is_nodata(chain: tuple[tuple[str, int], ...], soa: tuple[int, int],
+                                            policy: TTLPolicy, ttl: int) -> None:
+    assert verdict(chained(chain=chain, soa=soa), policy) == (DENIAL, ttl)
+
+
+def test_cname_chain_without_data_and_without_soa_is_not_cached() -> None:
+    assert verdict(chained(soa=None)) is None
+    assert verdict(chained(chain=(("a.example.", 300), ("b.example.", 300)), soa=None)) is None
+
+
+def test_cname_chain_nodata_entry_serves_the_chain_as_a_denial() -> None:
+    buf = chained(qtype="AAAA", soa=(3600, 600))
+    query = dns.message.make_query(QNAME, "AAAA").to_wire()
+    e, ok = entry_for(key_for(query), buf, False, 100.0, CLUSTER)
+    assert ok and (e.kind, e.ttl, e.rcode) == (DENIAL, 5, dns.rcode.NOERROR)
+    q = dns.message.make_query(QNAME, "AAAA", use_edns=0, id=4242).to_wire()
+    m = dns.message.from_wire(e.render(q, wire.question_end(q), 0, True, 100.0))
+    assert [(rr.rdtype, rr.ttl) for rr in m.answer] == [(dns.rdatatype.CNAME, 5)]
+    assert [(rr.rdtype, rr.ttl) for rr in m.authority] == [(dns.rdatatype.SOA, 5)]
+
+
+@pytest.mark.parametrize(
+    ("qtype", "chain", "data"),
+    [
+        ("A", (("alias.example.", 300),), (("alias.example.", "A", "10.0.0.1", 300),)),
+        ("AAAA", (("a.example.", 300), ("b.example.", 300)), (("b.example.", "AAAA", "fd00::1", 300),)),
+        # names compare case-insensitively (RFC 4343); dnspython writes one spelling here (it compresses
+        # case-insensitively): test_chain_names_compare_case_insensitively has distinct spellings
+        ("A", (("Alias.EXAMPLE.", 300),), (("aLIAS.example.", "A", "10.0.0.1", 300),)),
+        ("TXT", (("alias.example.", 300),), (("alias.example.", "TXT", '"x"', 300),)),
+    ],
+)
+def test_cname_chain_ending_in_the_asked_type_is_a_success(qtype: str, chain: tuple[tuple[str, int], ...],
+                                                           data: tuple[tuple[str, str, str, int], ...]) -> None:
+    # An SOA in authority (some servers add one) must not turn a positive answer into a denial.
+    assert verdict(chained(qtype=qtype, chain=chain, data=data, soa=None)) == (SUCCESS, 30)
+    assert verdict(chained(qtype=qtype, chain=chain, data=data, soa=(900, 600))) == (SUCCESS, 30)
+
+
+def test_cname_chain_with_data_off_the_chain_is_nodata() -> None:
+    # An A record for a name the chain never reaches answers nothing about the question.
+    buf = chained(data=(("elsewhere.example.", "A", "10.0.0.1", 300),), soa=(900, 600))
+    assert verdict(buf, CLUSTER) == (DENIAL, 5)
+    # Data of another type at the end of the chain is not data of the asked type either.
+    buf = chained(qtype="AAAA", data=(("alias.example.", "A", "10.0.0.1", 300),), soa=(900, 600))
+    assert verdict(buf, CLUSTER) == (DENIAL, 5)
+
+
+def spelled(qname: str, cname_owner: str, target: str, data_owner: str, qtype: int = 1, data_type: int = 1) -> bytes:
+    """A NOERROR answer with no name compressed (dnspython compresses case-insensitively, so each name
+    is written as spelled): question, CNAME cname_owner -> target, one record at data_owner, an SOA."""
+    def rr(owner: str, rtype: int, rdata: bytes) -> bytes:
+        return dns.name.from_text(owner).to_wire() + struct.pack(">HHIH", rtype, 1, 300, len(rdata)) + rdata
+
+    data = b"\x0a\x00\x00\x01" if data_type == 1 else bytes(16)
+    soa = dns.name.from_text("ns.example.").to_wire() + dns.name.from_text("h.example.").to_wire()
+    buf = (struct.pack(">HBBHHHH", 1, 0x81, 0x80, 1, 2, 1, 0) + dns.name.from_text(qname).to_wire()
+           + struct.pack(">HH", qtype, 1) + rr(cname_owner, 5, dns.name.from_text(target).to_wire())
+           + rr(data_owner, data_type, data) + rr("example.", 6, soa + struct.pack(">IIIII", 1, 2, 3, 4, 600)))
+    m = dns.message.from_wire(buf)  # the oracle reads it: two answer RRsets, names equal but for case
+    assert len(m.answer) == 2 and m.answer[0][0].target == m.answer[1].name
+    return buf
+
+
+@pytest.mark.parametrize(
+    ("qname", "owner", "target", "data_owner"),
+    [
+        ("web.example.", "WEB.Example.", "Alias.EXAMPLE.", "aLIAS.example."),
+        ("WEB.EXAMPLE.", "web.example.", "alias.example.", "ALIAS.EXAMPLE."),
+    ],
+)
+def test_chain_names_compare_case_insensitively(qname: str, owner: str, target: str, data_owner: str) -> None:
+    # RFC 4343: the chain is followed whatever the spelling of each name on the wire.
+    assert verdict(spelled(qname, owner, target, data_owner), CLUSTER) == (SUCCESS, 30)
+    # The same answer to an AAAA question (the data is an A record): NODATA.
+    assert verdict(spelled(qname, owner, target, data_owner, qtype=28), CLUSTER) == (DENIAL, 5)
+    assert verdict(spelled(qname, owner, target, data_owner, qtype=28, data_type=28), CLUSTER) == (SUCCESS, 30)
+
+
+@pytest.mark.parametrize("qtype", ["CNAME", "ANY"])
+def test_cname_and_any_queries_are_answered_by_the_cname(qtype: str) -> None:
+    assert verdict(chained(qtype=qtype, soa=None)) == (SUCCESS, 30)
+    assert verdict(chained(qtype=qtype, soa=(900, 600)), CLUSTER) == (SUCCESS, 30)
+
+
+def test_nxdomain_after_a_cname_chain_is_a_denial_bounded_by_the_chain() -> None:
+    nx = dns.rcode.NXDOMAIN
+    assert verdict(chained(rcode=nx, soa=(900, 600)), CLUSTER) == (DENIAL, 5)
+    assert verdict(chained(rcode=nx, chain=(("gone.example.", 8),), soa=(900, 600))) == (DENIAL, 8)
+    assert verdict(chained(rcode=nx, chain=(("a.example.", 300), ("gone.example.", 300)), soa=None)) is None
+
+
+def test_dname_chain() -> None:
+    qname = "x.foo.example."
+    dname = ("foo.example.", "bar.example.", 300)
+    # The DNAME with the CNAME synthesised from it (RFC 6672 §3.1), then data: a success.
+    data = (("x.bar.example.", "A", "10.0.0.1", 300),)
+    assert verdict(chained(qname=qname, dname=dname, chain=(("x.bar.example.", 300),), data=data)) == (SUCCESS, 30)
+    # A server that sent no synthesised CNAME: the DNAME itself rewrites the name (RFC 6672 §2.2).
+    assert verdict(chained(qname=qname, dname=dname, chain=(), data=data, soa=(900, 600))) == (SUCCESS, 30)
+    # The DNAME and its CNAME, nothing of the type at x.bar.example: NODATA.
+    assert verdict(chained(qname=qname, dname=dname, chain=(("x.bar.example.", 300),)), CLUSTER) == (DENIAL, 5)
+    assert verdict(chained(qname=qname, dname=dname, chain=(), soa=(900, 600)), CLUSTER) == (DENIAL, 5)
+    # A DNAME applies below its owner only (RFC 6672 §2.3): asking the owner itself follows nothing.
+    data = (("bar.example.", "A", "10.0.0.1", 300),)
+    assert verdict(chained(qname="foo.example.", dname=dname, chain=(), data=data), CLUSTER) == (DENIAL, 5)
+    # A DNAME query is answered by the DNAME at the question name.
+    assert verdict(chained(qname="foo.example.", qtype="DNAME", dname=dname, chain=())) == (SUCCESS, 30)
+
+
+def test_cname_chain_with_signatures_and_no_data_is_nodata() -> None:
+    # A DO answer carries RRSIGs beside the CNAMEs (RFC 4035 §3.1.1); they are not data of the asked type.
+    q = dns.message.make_query(QNAME, "AAAA", use_edns=0, want_dnssec=True)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(QNAME, 300, "IN", "CNAME", "alias.example."))
+    r.answer.append(dns.rrset.from_text(
+        QNAME, 300, "IN", "RRSIG", "CNAME 13 4 300 20300101000000 20200101000000 1 example. AAAA"))
+    r.authority.append(dns.rrset.from_text("example.", 900, "IN", "SOA", "ns.example. h.example. 1 2 3 4 600"))
+    assert verdict(r.to_wire(), CLUSTER) == (DENIAL, 5)
+
+
+def test_cname_loop_is_not_a_success() -> None:
+    buf = chained(chain=(("a.example.", 300), ("b.example.", 300), ("a.example.", 300)), soa=(900, 600))
+    assert verdict(buf, CLUSTER) == (DENIAL, 5)
+    assert verdict(chained(chain=(("a.example.", 300), (QNAME, 300)), soa=None)) is None
+
+
+def test_cname_chain_with_an_unreadable_target_is_not_cached() -> None:
+    buf = bytearray(chained(chain=(("x.", 300),), soa=None))
+    cname = wire.scan(bytes(buf)).records[0]
+    assert cname.rdlen == 3  # b"\x01x\x00"
+    # A compression pointer to itself: never a name (RFC 1035 §4.1.4 points to a prior occurrence).
+    off = cname.rdata_offset
+    buf[off : off + 3] = bytes([0xC0 | off >> 8, off & 0xFF, 0])
+    assert verdict(bytes(buf)) is None
+    e, ok = entry_for(key_for(dns.message.make_query(QNAME, "A").to_wire()), bytes(buf), False, 0.0, DEFAULT)
+    assert not ok and e.ttl == UNCAPPED  # still served once, as it came
+
+
+_LABEL = st.binary(min_size=1, max_size=20)
+
+
+@SETTINGS
+@given(st.lists(st.lists(_LABEL, min_size=0, max_size=5), min_size=1, max_size=6), st.booleans())
+def test_read_name_matches_dnspython(names: list[list[bytes]], upper: bool) -> None:
+    """read_name follows compression exactly as dnspython reads the owner and CNAME target names."""
+    q = dns.message.make_query(QNAME, "A")
+    r = dns.message.make_response(q)
+    parsed = [dns.name.Name([*labels, b""]) for labels in names]
+    owner = dns.name.from_text(QNAME.upper() if upper else QNAME)
+    for target in parsed:
+        rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, dns.rdatatype.CNAME)
+        rdata = target.to_wire()
+        rrset.add(dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.CNAME, rdata, 0, len(rdata)))
+        r.answer.append(rrset)
+        owner = target
+    buf = r.to_wire(max_size=65535)
+    sc = wire.scan(buf)
+    m = dns.message.from_wire(buf, one_rr_per_rrset=True)
+    got = [(read_name(buf, rec.offset), read_name(buf, rec.rdata_offset)) for rec in sc.records]
+    expect = [(rrset.name.to_wire().lower(), rd.target.to_wire().lower()) for rrset in m.answer for rd in rrset]
+    assert got == expect
+
+
+def test_read_name_pointers_must_keep_going_backwards() -> None:
+    # At 5 a pointer to 1; at 1 a one-byte label, then at 3 a pointer to 2: before itself, but not before
+    # the previous target (1). dnspython refuses it (BadPointer), and so must we; pointers to 0 are fine.
+    buf = b"\x00" + b"\x01\x00" + b"\xc0\x02" + b"\xc0\x01"
+    with pytest.raises(dns.name.BadPointer):
+        dns.name.from_wire(buf, 5)
+    with pytest.raises(WireError):
+        read_name(buf, 5)
+    ok = b"\x00" + b"\x01X" + b"\xc0\x00" + b"\xc0\x01"
+    assert read_name(ok, 5) == dns.name.from_wire(ok, 5)[0].to_wire().lower() == b"\x01x\x00"
+    with pytest.raises(WireError):
+        read_name(b"\x01a\xc0\x00", 0)  # a pointer to the start of its own name: a loop
+
+
+@SETTINGS
+@given(st.binary(min_size=1, max_size=80), st.data())
+def test_read_name_accepts_and_rejects_what_dnspython_does(buf: bytes, data: st.DataObject) -> None:
+    """Any bytes at any offset: the same name as dnspython, or a WireError where dnspython raises."""
+    off = data.draw(st.integers(0, len(buf) - 1))
+    # Bias towards compression pointers, the part with rules (backwards only, no loops).
+    if data.draw(st.booleans()):
+        at = data.draw(st.integers(off, len(buf) - 1))
+        buf = buf[:at] + bytes([0xC0, data.draw(st.integers(0, len(buf)))]) + buf[at + 2 :]
+    try:
+        expect: bytes | None = dns.name.from_wire(buf, off)[0].to_wire().lower()
+    except dns.exception.DNSException:
+        expect = None
+    try:
+        got: bytes | None = read_name(buf, off)
+    except WireError:
+        got = None
+    assert got == expect

@@ -64,10 +64,10 @@ class Rig:
         self.server.connection_made(self.transport)  # type: ignore[arg-type]
         self.part = self.store.partition(".", SUCCESS, 100000)
 
-    def cache(self, key: bytes, query: dns.message.Message, n_answers: int = 2) -> None:
-        """Store the answer a dnspython upstream would give `query`, under `key`."""
+    def cache(self, key: bytes, query: dns.message.Message, n_answers: int = 2, ad: bool = False) -> None:
+        """Store the answer a dnspython upstream would give `query`, under `key` (with AD if `ad`)."""
         r = dns.message.make_response(query)
-        r.flags |= dns.flags.RA
+        r.flags |= dns.flags.RA | (dns.flags.AD if ad else 0)
         for i in range(n_answers):
             r.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", f"10.0.{i // 200}.{i % 200}"))
         e, ok = entry_for(key, r.to_wire(max_size=65535), bool(query.ednsflags & dns.flags.DO), NOW - 3,
@@ -134,11 +134,11 @@ def client_queries(draw: st.DrawFn) -> dns.message.Message:
 
 
 @SETTINGS
-@given(client_queries(), st.integers(1, 40))
-def test_hit_is_answered_synchronously_with_the_slow_paths_reply(q: dns.message.Message, n: int) -> None:
+@given(client_queries(), st.integers(1, 40), st.booleans())
+def test_hit_is_answered_synchronously_with_the_slow_paths_reply(q: dns.message.Message, n: int, ad: bool) -> None:
     rig = Rig()
     data = q.to_wire()
-    rig.cache(slow_key(data), q, n)
+    rig.cache(slow_key(data), q, n, ad=ad)
 
     async def go() -> tuple[bytes | None, bytes | None]:
         fast = rig.hot(data)  # no await in between: a hit is sent from inside datagram_received
@@ -156,6 +156,8 @@ def test_hit_is_answered_synchronously_with_the_slow_paths_reply(q: dns.message.
     assert len(fast) <= limit
     assert bool(m.flags & dns.flags.TC) == (len(m.answer) == 0)
     assert rig.stats.queries["udp"] == 1 and rig.stats.rcodes[0] == 1
+    # RFC 6840 §5.8: the upstream's AD only to a client that set AD or DO.
+    assert bool(m.flags & dns.flags.AD) == (ad and bool(q.flags & dns.flags.AD or q.ednsflags & dns.flags.DO))
 
 
 def test_all_eight_flag_combinations_have_their_own_entry() -> None:
@@ -183,6 +185,51 @@ def test_all_eight_flag_combinations_have_their_own_entry() -> None:
             assert rig.hot(data) is not None, (rd, cd, do)
 
     run(go)
+
+
+@pytest.mark.parametrize("edns", [False, True])
+def test_hot_path_sends_ad_only_to_clients_that_set_ad_or_do(edns: bool) -> None:
+    rig = Rig()
+    plain = dns.message.make_query("ad.example", "A", use_edns=0 if edns else False, id=1)
+    rig.cache(slow_key(plain.to_wire()), plain, ad=True)
+    with_ad = dns.message.make_query("ad.example", "A", use_edns=0 if edns else False,
+                                     flags=dns.flags.RD | dns.flags.AD, id=2)
+    do = dns.message.make_query("ad.example", "A", use_edns=0, want_dnssec=True, id=3)
+    rig.cache(slow_key(do.to_wire()), do, ad=True)  # DO is in the key: its own entry, built for DO
+    expect = [(plain, False), (with_ad, True), (do, True)]
+
+    async def go() -> list[tuple[bytes | None, bytes | None]]:
+        out = []
+        # Twice over, interleaved: the second round comes from the reply memo, keyed on the AD bit too.
+        for q, _ad in expect + expect:
+            fast = rig.hot(q.to_wire())
+            out.append((fast, await rig.oracle.answer(q.to_wire(), tcp=False)))
+        return out
+
+    replies = run(go)
+    assert rig.slow.seen == []
+    assert len(rig.server.memo) == 3
+    for (q, ad), (fast, slow) in zip(expect + expect, replies, strict=True):
+        assert fast is not None and fast == slow
+        m = dns.message.from_wire(fast)
+        assert m.id == q.id and bool(m.flags & dns.flags.AD) == ad, q
+        assert m.flags & dns.flags.RA and m.flags & dns.flags.QR and len(m.answer[0]) == 2
+
+
+def test_hot_path_truncated_reply_follows_the_ad_rule() -> None:
+    rig = Rig()
+    plain = dns.message.make_query("ad.example", "A", use_edns=False, id=1)
+    rig.cache(slow_key(plain.to_wire()), plain, n_answers=60, ad=True)  # > 512 bytes: TC to a non-EDNS client
+    with_ad = dns.message.make_query("ad.example", "A", use_edns=False, flags=dns.flags.RD | dns.flags.AD, id=2)
+
+    async def go() -> tuple[bytes | None, bytes | None]:
+        return rig.hot(plain.to_wire()), rig.hot(with_ad.to_wire())
+
+    tc_plain, tc_ad = run(go)
+    assert tc_plain is not None and tc_ad is not None
+    m_plain, m_ad = dns.message.from_wire(tc_plain), dns.message.from_wire(tc_ad)
+    assert m_plain.flags & dns.flags.TC and m_ad.flags & dns.flags.TC and not m_plain.answer
+    assert not m_plain.flags & dns.flags.AD and m_ad.flags & dns.flags.AD
 
 
 def test_hit_counts_and_lru_touch() -> None:
