@@ -54,6 +54,9 @@ from nodelocal.server.udp import UDPServer
 
 log = logging.getLogger("nodelocal.agent")
 
+# Seconds between looks for entries to prefetch: well inside the shortest refresh window (10% of a 5 s TTL).
+PREFETCH_TICK = 0.2
+
 
 class Agent:
     """One running agent: its cache, resolver, listeners and endpoints."""
@@ -112,11 +115,13 @@ class Agent:
                                              "reconcile", failures)),
                       loop.create_task(every(HEARTBEAT_INTERVAL, lambda: self._in_setup(ns.heartbeat),
                                              "heartbeat", failures))]
-        # 3. Serve: HTTP endpoints, the cache sweeper, the live page's ticker, the readiness probe;
+        # 3. Serve: HTTP endpoints, the cache sweeper, prefetch, the live page's ticker, the readiness probe;
         #    signals ask for a stop.
         await self._serve_http()
         tasks.append(loop.create_task(every(lambda: self.cfg.cache.sweep_interval,
                                             lambda: self.store.sweep(self.now()), "sweep", failures)))
+        tasks.append(loop.create_task(every(PREFETCH_TICK, lambda: self.resolver.prefetch_due(), "prefetch",
+                                            failures)))
         if self.live is not None:
             tasks.append(loop.create_task(every(TICK, self.live.tick, "live", failures)))
         tasks.append(loop.create_task(wait_ready(cfg, self.meters.resolve)))

@@ -34,6 +34,7 @@ class Entry:
         "hits",
         "key",
         "kind",
+        "noad",
         "opt",
         "part",
         "qlen",
@@ -66,6 +67,14 @@ class Entry:
         self.hdr = hdr  # header bytes 2..12: flags and counts, ARCOUNT without OPT
         arcount = (hdr[8] << 8 | hdr[9]) + 1
         self.hdr_opt = hdr[:8] + bytes([arcount >> 8, arcount & 0xFF])
+        # RFC 6840 §5.8: AD goes only to a client that set AD or DO in its query. DO is part of the
+        # cache key, so an entry built for DO only ever serves DO queries and keeps AD; otherwise the
+        # headers without AD are made once here, for render to pick when the query has no AD. None
+        # (nothing to strip) for every entry whose upstream did not set AD.
+        self.noad: tuple[bytes, bytes] | None = None
+        if hdr[1] & wire.AD and not do:
+            f2 = bytes([hdr[1] & ~wire.AD & 0xFF])
+            self.noad = (hdr[:1] + f2 + hdr[2:], self.hdr_opt[:1] + f2 + self.hdr_opt[2:])
         self.opt = OPT_DO if do else OPT_PLAIN
         self.template = template  # every record after the question, OPT removed
         self.ttl_offsets = ttl_offsets
@@ -93,25 +102,38 @@ class Entry:
 
         `limit` is the client's UDP payload size (0 for TCP: no limit).
         """
-        body = self.body_at(now)
+        return self.assemble(query, qend, limit, edns, self.body_at(now))
+
+    def render_stale(self, query: bytes, qend: int, limit: int, edns: bool, ttl: int) -> bytes:
+        """The reply from an expired entry (RFC 8767 §4): the same records, every TTL set to `ttl`."""
+        body = wire.pack_ttls(self.template, self.ttl_offsets, (ttl,) * len(self.ttls), 0)
+        return self.assemble(query, qend, limit, edns, body)
+
+    def assemble(self, query: bytes, qend: int, limit: int, edns: bool, body: bytes) -> bytes:
+        """Header, the client's question, `body` (the records) and our OPT if the client sent one."""
+        noad = self.noad  # None unless AD must be cleared for a query without AD (see __init__)
         if edns:
-            out = b"".join((query[:2], self.hdr_opt, query[12:qend], body, self.opt))
+            hdr = self.hdr_opt if noad is None or query[3] & wire.AD else noad[1]
+            out = b"".join((query[:2], hdr, query[12:qend], body, self.opt))
         else:
-            out = b"".join((query[:2], self.hdr, query[12:qend], body))
+            hdr = self.hdr if noad is None or query[3] & wire.AD else noad[0]
+            out = b"".join((query[:2], hdr, query[12:qend], body))
         if limit and len(out) > limit:
-            return wire.truncated_reply(query, qend, self.hdr, self.opt if edns else b"")
+            # The flags of `hdr` (either form): the TC reply follows the same AD rule.
+            return wire.truncated_reply(query, qend, hdr, self.opt if edns else b"")
         return out
 
 
 class Partition:
-    """The entries of one (zone, kind) in LRU order, with their own entry cap."""
+    """The entries of one (zone, kind) in LRU order, with their own entry cap and stale window."""
 
-    __slots__ = ("bytes", "capacity", "evictions", "hits", "kind", "lru", "zone")
+    __slots__ = ("bytes", "capacity", "evictions", "hits", "kind", "lru", "stale", "zone")
 
-    def __init__(self, zone: str, kind: int, capacity: int) -> None:
+    def __init__(self, zone: str, kind: int, capacity: int, stale: float = 0.0) -> None:
         self.zone = zone
         self.kind = kind
         self.capacity = capacity
+        self.stale = stale  # seconds past expiry an entry is kept to answer when upstreams fail (RFC 8767)
         self.lru: OrderedDict[bytes, Entry] = OrderedDict()
         self.bytes = 0
         self.evictions = 0
@@ -128,14 +150,33 @@ class Store:
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.bytes = 0
         self.expired_reclaimed = 0
+        # Entries to look at for prefetch, by the time their refresh window opens: (when, seq, entry).
+        # Pushed on insert (resolve/resolver.py), popped by Resolver.prefetch_due; one item per insert,
+        # so it holds at most what was inserted within the longest TTL.
+        self.due: list[tuple[float, int, Entry]] = []
 
-    def partition(self, zone: str, kind: int, capacity: int) -> Partition:
-        """The partition for (zone, kind), created on first use; its cap follows the latest config."""
+    def partition(self, zone: str, kind: int, capacity: int, stale: float = 0.0) -> Partition:
+        """The partition for (zone, kind), created on first use; its cap and stale window follow the latest
+        config."""
         part = self.partitions.get((zone, kind))
         if part is None:
-            part = self.partitions[(zone, kind)] = Partition(zone, kind, capacity)
+            part = self.partitions[(zone, kind)] = Partition(zone, kind, capacity, stale)
         part.capacity = capacity
+        part.stale = stale
         return part
+
+    def get_stale(self, key: bytes, now: float) -> Entry | None:
+        """An expired entry for `key` still within its partition's stale window (RFC 8767), else None.
+
+        Not marked used: a stale answer must not keep an entry alive in the LRU order on its own.
+        """
+        e = self.index.get(key)
+        if e is None or now < e.expires:
+            return None
+        part = e.part
+        if part is None or now >= e.expires + part.stale:
+            return None
+        return e
 
     def get(self, key: bytes, now: float) -> Entry | None:
         """A live entry for `key`, marked most recently used; None on a miss or an expired entry."""
@@ -167,15 +208,17 @@ class Store:
             self._evict(max(self.partitions.values(), key=lambda p: p.bytes))
 
     def sweep(self, now: float, budget: int = 100_000) -> int:
-        """Reclaim expired entries, looking at no more than `budget` of them; returns how many went."""
+        """Reclaim entries expired past their stale window, looking at no more than `budget` of them;
+        returns how many went."""
         gone = 0
         for part in self.partitions.values():
             dead = []
+            until = now - part.stale
             for e in part.lru.values():
                 if budget <= 0:
                     break
                 budget -= 1
-                if now >= e.expires:
+                if until >= e.expires:
                     dead.append(e)
             for e in dead:
                 self._drop(e)

@@ -101,7 +101,8 @@ def render(s: dict[str, Any], width: int = 100) -> str:
         f"evictions {_rate(w['evictions_per_s'])}/s",
         f"responses  {', '.join(f'{k} {_int(v)}' for k, v in sorted(t['responses'].items(), key=lambda kv: -kv[1]))}"
         f" · coalesced {_int(t['coalesced'])} · fallthrough {_int(t['fallthrough'])} · "
-        f"all upstreams failed {_int(t['all_upstreams_failed'])}",
+        f"all upstreams failed {_int(t['all_upstreams_failed'])} · stale answers {_int(t.get('served_stale', 0))} · "
+        f"prefetches {_int(t.get('prefetch', 0))}",
         "",
         "upstreams",
     ]

@@ -24,6 +24,7 @@ from typing import Any
 
 from nodelocal import ConfigError, CorefileError
 from nodelocal.config import format_hostport, parse_hostport, resolv_conf_nameservers
+from nodelocal.config.model import CLUSTER_SERVE_STALE
 from nodelocal.dns.names import zone_name
 
 # node-cache's placeholders (cmd/node-cache/app/configmap.go) and __PILLAR__DNS__DOMAIN__, which the
@@ -42,6 +43,9 @@ CACHE_SUCCESS_MAX_TTL = 3600
 CACHE_DENIAL_MAX_TTL = 1800
 CACHE_MIN_TTL = 5
 CACHE_SERVFAIL_TTL = 5
+# CoreDNS cache's defaults for `serve_stale` without a duration, and for `prefetch AMOUNT` without a percentage.
+STALE_DEFAULT = 3600.0
+PREFETCH_PERCENT_DEFAULT = 10
 
 # Directives read and acted on, and those read but only noted (the rest is an error).
 DIRECTIVES = ("bind", "cache", "forward", "health", "prometheus", "reload", "loop", "errors", "log", "ready")
@@ -359,12 +363,52 @@ def _cache(d: Directive, p: _Problems, notes: list[str], src: str) -> dict[str, 
             if len(a) > 1:
                 p.add(s.line, "cache: disable with a zone list is not supported")
             c[f"{a[0].text}_capacity"] = 0
-        elif s.name in ("prefetch", "serve_stale", "keepttl"):
-            notes.append(f"{src}:{s.line}: cache {s.name}: read, not acted on (nodelocal does not "
-                         f"{'keep upstream TTLs' if s.name == 'keepttl' else s.name.replace('_', ' ') + ' yet'})")
+        elif s.name == "serve_stale":
+            # serve_stale [DURATION] [immediate|verify]: immediate answers stale at once and refreshes in
+            # the background; verify asks upstream first (here: for the client timer, 1.8 s).
+            if len(a) > 2:
+                p.add(s.line, "cache: serve_stale [DURATION] [immediate|verify]")
+                continue
+            try:
+                c["serve_stale"] = parse_duration(a[0].text) if a else STALE_DEFAULT
+            except ValueError as e:
+                p.add(s.line, f"cache: serve_stale: {e}")
+                continue
+            if len(a) == 2:
+                if a[1].text not in ("immediate", "verify"):
+                    p.add(s.line, f"cache: serve_stale: refresh mode must be immediate or verify, got {a[1].text!r}")
+                elif a[1].text == "immediate":
+                    c["stale_client_timeout"] = 0.0
+        elif s.name == "serve_stale_policy":
+            if len(a) != 1 or a[0].text != "prefer_positive":
+                p.add(s.line, "cache: serve_stale_policy prefer_positive")
+                continue
+            c["prefer_stale"] = True
+        elif s.name == "prefetch":
+            # prefetch AMOUNT [[DURATION] [PERCENTAGE%]]: AMOUNT hits (CoreDNS counts them within DURATION;
+            # nodelocal within the entry's lifetime, which is at most its TTL).
+            if not 1 <= len(a) <= 3:
+                p.add(s.line, "cache: prefetch AMOUNT [[DURATION] [PERCENTAGE%]]")
+                continue
+            amount = num(a[0], "prefetch AMOUNT")
+            if amount is None:
+                continue
+            c["prefetch_hits"], c["prefetch_percent"] = amount, PREFETCH_PERCENT_DEFAULT
+            for t in a[1:]:
+                if t.text.endswith("%"):
+                    pct = t.text[:-1]
+                    if not (pct.isdigit() and 1 <= int(pct) <= 99):
+                        p.add(s.line, f"cache: prefetch PERCENTAGE must be 1%..99%, got {t.text!r}")
+                        continue
+                    c["prefetch_percent"] = int(pct)
+                else:
+                    notes.append(f"{src}:{s.line}: cache prefetch DURATION {t.text}: nodelocal counts hits over the "
+                                 "entry's lifetime")
+        elif s.name == "keepttl":
+            notes.append(f"{src}:{s.line}: cache keepttl: read, not acted on (nodelocal does not keep upstream TTLs)")
         else:
             p.add(s.line, f"cache: unknown option {s.name!r} (known: success, denial, prefetch, serve_stale, "
-                          "servfail, disable, keepttl)")
+                          "serve_stale_policy, servfail, disable, keepttl)")
     if mins:
         c["min_ttl"] = min(mins.values())
         if len(set(mins.values())) > 1:
@@ -551,7 +595,10 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
                 name = z.name if z.name not in groups and z.name not in ("cluster", "host") else f"forward-{z.name}"
             keys[key] = name
             groups[name] = {"servers": list(f.servers), "transport": transport, "policy": f.policy}
-        zone_data[z.name] = {"forward": [name], "cache": z.cache}
+        cache = dict(z.cache)
+        if z.name == cluster_domain and "serve_stale" not in cache:
+            cache["serve_stale"] = CLUSTER_SERVE_STALE  # pod IPs move: the cluster zone's shorter default
+        zone_data[z.name] = {"forward": [name], "cache": cache}
     data: dict[str, Any] = {
         "upstreams": groups,
         "zones": {z.name: zone_data[z.name] for z in zones},

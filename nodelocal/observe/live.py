@@ -285,6 +285,8 @@ class Live:
                 "coalesced": res.coalesced, "fallthrough": res.fallthrough, "dropped": sv.dropped,
                 "spoofed": res.spoofed, "refused_busy": res.concurrency_rejects,
                 "all_upstreams_failed": res.healthcheck_broken,
+                "served_stale": sum(self.meters.cache.served_stale.values()),
+                "prefetch": sum(self.meters.cache.prefetch.values()),
             },
             "window": {
                 "seconds": span if end.t > old.t else 0.0,

@@ -1,11 +1,22 @@
 """The full query pipeline: every query the UDP fast path does not answer, and every TCP query.
 
-The order of the steps in Resolver._pipeline is the pipeline; it lives in this one place.
+The order of the steps in Resolver.answer is the pipeline; it lives in this one place. Beside it, the
+two ways an entry is refreshed: on a miss (_start/_fill, which every identical query joins), and before
+it expires (prefetch_due, run a few times a second by the agent).
+
+Serve-stale (RFC 8767), per zone: an expired entry stays in the store for the zone's `serve_stale`
+seconds. A miss that finds one starts the refresh as usual and waits at most `stale_client_timeout`
+(1.8 s) for it; when every upstream fails (timeout, connection error, SERVFAIL, REFUSED) or the timer
+fires first, the client gets the stale answer with TTL `stale_ttl` (30 s). A failed refresh is not
+tried again for `stale_recheck` seconds (30 s): queries for that name get the stale answer at once. A
+failure never replaces a usable entry; a fresh answer replaces it the moment an upstream gives one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -15,10 +26,10 @@ from nodelocal import WireError
 from nodelocal.cache.metrics import CacheStats
 from nodelocal.cache.policy import TTLPolicy, entry_for
 from nodelocal.cache.store import DENIAL, SUCCESS, Entry, Partition, Store
-from nodelocal.config import Config
+from nodelocal.config import Config, ZoneCache
 from nodelocal.dns import wire
 from nodelocal.dns.names import labels_of_wire
-from nodelocal.resolve.forward import Chain, Group
+from nodelocal.resolve.forward import FAILURE_RCODES, Chain, Group
 from nodelocal.resolve.loop import LoopGuard
 from nodelocal.resolve.metrics import ResolveStats
 from nodelocal.resolve.router import Router
@@ -34,6 +45,19 @@ class ZoneRoute:
     chain: Chain
     policy: TTLPolicy
     parts: tuple[Partition, Partition]  # indexed by SUCCESS, DENIAL
+    cache: ZoneCache  # serve-stale and prefetch settings
+
+    @property
+    def prefetch_share(self) -> float:
+        """The share of an entry's TTL after which its refresh window opens."""
+        return 1.0 - self.cache.prefetch_percent / 100.0
+
+
+# What a refresh hands the queries waiting for it: the entry to answer from, and whether that entry is a
+# stale one (expired, served because the upstreams failed: rendered with the zone's stale TTL).
+Outcome = tuple[Entry, bool]
+
+RECHECK_MAX = 65536  # names remembered as failing (stale_recheck); pruned of the expired ones past it
 
 
 def synthesized(rcode: int, rd: bool, cd: bool, do: bool, now: float) -> Entry:
@@ -53,6 +77,13 @@ class Resolver:
         self.guard = guard if guard is not None else LoopGuard(now)
         self.stats = stats
         self.misses = cache_stats.misses
+        self.served_stale = cache_stats.served_stale
+        self.prefetched = cache_stats.prefetch
+        self.prefetch_rate = cfg.resolve.prefetch_rate
+        self._tokens = float(self.prefetch_rate)  # prefetch token bucket (refreshes), refilled per second
+        self._tokens_at = now()
+        self._seq = itertools.count()  # tie-breaker for store.due (entries do not compare)
+        self.recheck: dict[bytes, float] = {}  # key -> until when a failed name is answered stale, unasked
         self.now = now
         self.max_udp = cfg.listen.max_udp_payload
         self.max_concurrent = cfg.resolve.max_concurrent
@@ -62,12 +93,14 @@ class Resolver:
             chain = Chain([self.groups[g] for g in z.forward], stats, cfg.resolve.query_timeout, now)
             c = z.cache
             policy = TTLPolicy(c.min_ttl, c.success_max_ttl, c.denial_max_ttl, c.servfail_ttl)
-            parts = (store.partition(zname, SUCCESS, c.success_capacity),
-                     store.partition(zname, DENIAL, c.denial_capacity))
-            routes[zname] = ZoneRoute(zname, chain, policy, parts)
+            parts = (store.partition(zname, SUCCESS, c.success_capacity, c.serve_stale),
+                     store.partition(zname, DENIAL, c.denial_capacity, c.serve_stale))
+            routes[zname] = ZoneRoute(zname, chain, policy, parts, c)
             self.misses.setdefault(zname, 0)
+            self.served_stale.setdefault(zname, 0)
+            self.prefetched.setdefault(zname, 0)
         self.router: Router[ZoneRoute] = Router(routes)
-        self.inflight: dict[bytes, asyncio.Future[Entry]] = {}
+        self.inflight: dict[bytes, asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
@@ -113,28 +146,54 @@ class Resolver:
 
         # 6. The cache (the UDP fast path already looked, but not for TCP or unusual layouts).
         now = self.now()
-        entry = self.store.get(key, now)
-        if entry is None:
-            # 7. Route by zone, then join an identical query in flight or start one (bounded).
-            route = self.router.match(labels_of_wire(key))
-            self.misses[route.name] += 1
+        hit = self.store.get(key, now)
+        if hit is not None:
+            # 8. Render for this client: its ID, its spelling of the name, its EDNS, TC if too big.
+            return hit.render(query, qend, limit, opt is not None, now)
+        # 7. Route by zone; an expired entry still in the zone's stale window may answer (RFC 8767).
+        route = self.router.match(labels_of_wire(key))
+        self.misses[route.name] += 1
+        old = self.store.get_stale(key, now)
+        entry: Entry
+        if old is not None and self.recheck.get(key, 0.0) > now:
+            # 7a. Failure recheck: this name's refresh failed moments ago; answer stale, ask nobody.
+            entry, stale = old, True
+        else:
+            # 7b. Join an identical query in flight or start one (bounded: past the bound, a stale answer
+            #     still beats REFUSED).
             fut = self.inflight.get(key)
             if fut is not None:
                 self.stats.coalesced += 1
             elif len(self.inflight) >= self.max_concurrent:
                 self.stats.concurrency_rejects += 1
-                return wire.error_reply(query, wire.REFUSED, qend)
+                if old is None:
+                    return wire.error_reply(query, wire.REFUSED, qend)
             else:
                 fut = self._start(key, query[wire.HEADER_LEN:qend], rd, cd, do, route)
-            entry = await asyncio.shield(fut)
+            if fut is None:
+                assert old is not None
+                entry, stale = old, True
+            elif old is None:
+                entry, stale = await asyncio.shield(fut)
+            else:
+                # 7c. The client-response timer: a client with a stale answer to fall back on does not
+                #     wait for the whole upstream deadline (RFC 8767 §5); the refresh goes on.
+                try:
+                    entry, stale = await asyncio.wait_for(asyncio.shield(fut), route.cache.stale_client_timeout)
+                except TimeoutError:
+                    entry, stale = old, True
             now = self.now()
+        if stale:
+            self.served_stale[route.name] += 1  # coredns_cache_served_stale_total
+            # 8. A stale answer: every TTL is the zone's stale TTL.
+            return entry.render_stale(query, qend, limit, opt is not None, route.cache.stale_ttl)
         # 8. Render for this client: its ID, its spelling of the name, its EDNS, TC if too big.
         return entry.render(query, qend, limit, opt is not None, now)
 
     def _start(self, key: bytes, question: bytes, rd: bool, cd: bool, do: bool,
-               route: ZoneRoute) -> asyncio.Future[Entry]:
+               route: ZoneRoute) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Entry] = loop.create_future()
+        fut: asyncio.Future[Outcome] = loop.create_future()
         self.inflight[key] = fut
         task = loop.create_task(self._fill(key, question, rd, cd, do, route, fut))
         self._tasks.add(task)
@@ -142,24 +201,97 @@ class Resolver:
         return fut
 
     async def _fill(self, key: bytes, question: bytes, rd: bool, cd: bool, do: bool,
-                    route: ZoneRoute, fut: asyncio.Future[Entry]) -> None:
-        """Forward one question and resolve every waiter with the entry; always resolves `fut`."""
-        entry: Entry | None = None
+                    route: ZoneRoute, fut: asyncio.Future[Outcome]) -> None:
+        """Forward one question and resolve every waiter with the outcome; always resolves `fut`.
+
+        A failure (no reply, SERVFAIL, REFUSED) never replaces an entry that can still answer (live, or
+        within its stale window): the waiters get that entry, and the name is rechecked only after the
+        zone's stale_recheck. With prefer_stale (last-known-good), a negative answer or SERVFAIL does not
+        replace a positive entry either, but only while the zone's upstreams are degraded.
+        """
+        out: Outcome | None = None
         try:
             reply = await route.chain.forward(question, rd, cd, do)
-            if reply is not None:
-                now = self.now()
+            now = self.now()
+            keep = self._usable(key, now)
+            if reply is None or reply[1].rcode in FAILURE_RCODES:
+                if keep is not None:
+                    self._failed(key, now, route)
+                    out = (keep, now >= keep.expires)
+                elif reply is not None:  # SERVFAIL/REFUSED and nothing to fall back on: as upstream said
+                    out = self._store(key, reply, do, now, route)
+            else:
                 entry, cacheable = entry_for(key, reply[0], do, now, route.policy, reply[1])
-                if cacheable:
-                    self.store.put(entry, route.parts[entry.kind])
+                if (keep is not None and keep.kind == SUCCESS and entry.kind == DENIAL
+                        and route.cache.prefer_stale and route.chain.degraded):
+                    # Last-known-good: upstreams are degraded, so a new denial may be their fault.
+                    self._failed(key, now, route)
+                    out = (keep, now >= keep.expires)
+                else:
+                    self.recheck.pop(key, None)
+                    if cacheable:
+                        self._put(entry, now, route)
+                    out = (entry, False)
         except Exception:  # a bug must cost one answer, never the agent
             log.exception("forwarding %r failed unexpectedly", key)
         finally:
             del self.inflight[key]
-            if entry is None:
-                entry = synthesized(wire.SERVFAIL, rd, cd, do, self.now())
+            if out is None:
+                out = (synthesized(wire.SERVFAIL, rd, cd, do, self.now()), False)
             if not fut.done():
-                fut.set_result(entry)
+                fut.set_result(out)
+
+    def _usable(self, key: bytes, now: float) -> Entry | None:
+        """The entry that can still answer `key`: live, or expired within its stale window."""
+        e = self.store.index.get(key)
+        if e is None or e.part is None or now >= e.expires + e.part.stale:
+            return None
+        return e
+
+    def _store(self, key: bytes, reply: tuple[bytes, wire.Scan], do: bool, now: float, route: ZoneRoute) -> Outcome:
+        entry, cacheable = entry_for(key, reply[0], do, now, route.policy, reply[1])
+        if cacheable:
+            self._put(entry, now, route)
+        return entry, False
+
+    def _put(self, entry: Entry, now: float, route: ZoneRoute) -> None:
+        self.store.put(entry, route.parts[entry.kind])
+        if route.cache.prefetch_hits and entry.part is not None:
+            when = entry.stored + entry.ttl * route.prefetch_share
+            heapq.heappush(self.store.due, (when, next(self._seq), entry))
+
+    def _failed(self, key: bytes, now: float, route: ZoneRoute) -> None:
+        """Remember that `key`'s refresh failed: answer it stale, unasked, for the zone's stale_recheck."""
+        if len(self.recheck) >= RECHECK_MAX:
+            self.recheck = {k: t for k, t in self.recheck.items() if t > now}
+        self.recheck[key] = now + route.cache.stale_recheck
+
+    def prefetch_due(self) -> int:
+        """Refresh the entries whose prefetch window has opened and that were used enough; returns how many
+        refreshes it started. Bounded: one refresh per entry (in-flight coalescing), resolve.prefetch_rate
+        a second, and a refresh asks exactly what the entry holds (its question, RD, CD and DO bits)."""
+        now = self.now()
+        self._tokens = min(float(self.prefetch_rate), self._tokens + (now - self._tokens_at) * self.prefetch_rate)
+        self._tokens_at = now
+        due = self.store.due
+        started = 0
+        while due and due[0][0] <= now:
+            _when, _seq, e = heapq.heappop(due)
+            key = e.key
+            if e.part is None or now >= e.expires or key in self.inflight:
+                continue  # replaced, evicted or expired already (a miss refreshes it), or being refreshed
+            route = self.router.match(labels_of_wire(key))
+            if e.hits < route.cache.prefetch_hits or len(self.inflight) >= self.max_concurrent:
+                continue
+            if self._tokens < 1.0:
+                continue  # over the rate: this one expires and is refreshed by its next miss
+            self._tokens -= 1.0
+            suffix = key[e.qlen :]
+            flags = suffix[0] & 0x7 if suffix else 1  # wire.key_suffix's index: RD | CD << 1 | DO << 2
+            self._start(key, key[: e.qlen], bool(flags & 1), bool(flags & 2), bool(flags & 4), route)
+            self.prefetched[route.name] += 1  # coredns_cache_prefetch_total
+            started += 1
+        return started
 
     def close(self) -> None:
         for g in self.groups.values():

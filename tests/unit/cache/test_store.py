@@ -351,3 +351,119 @@ def test_entry_size_counts_key_template_twice_and_overhead() -> None:
     e = entry(b"0123456789", template=b"t" * 50)
     assert e.size == 10 + 100 + ENTRY_OVERHEAD
     assert e.expires == e.stored + e.ttl
+
+
+# --------------------------------------------------------------------------------------------------
+# The AD bit (RFC 6840 §5.8): only to a client that set AD or DO
+
+
+def ad_answer(do: bool, n: int = 2) -> tuple[bytes, bytes]:
+    """(query, upstream answer with AD, AA and RA set) for web.default.svc.cluster.local A."""
+    q = dns.message.make_query("web.default.svc.cluster.local", "A", use_edns=0, want_dnssec=do)
+    r = dns.message.make_response(q)
+    r.flags |= dns.flags.AD | dns.flags.AA | dns.flags.RA
+    for i in range(n):
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", f"10.0.{i // 250}.{i % 250}"))
+    return q.to_wire(), r.to_wire(max_size=65535)
+
+
+def ad_query(ad: bool, do: bool, edns: bool = True) -> tuple[bytes, int]:
+    q = dns.message.make_query("web.default.svc.cluster.local", "A", use_edns=0 if edns else False,
+                               want_dnssec=do, flags=dns.flags.RD | (dns.flags.AD if ad else 0), id=77)
+    data = q.to_wire()
+    return data, wire.question_end(data)
+
+
+@pytest.mark.parametrize("edns", [True, False])
+def test_ad_is_cleared_for_a_client_with_neither_ad_nor_do(edns: bool) -> None:
+    query, answer = ad_answer(do=False)
+    e = cached(query, answer)
+    q, qend = ad_query(ad=False, do=False, edns=edns)
+    m = dns.message.from_wire(e.render(q, qend, 0, edns, 100.0))
+    assert not m.flags & dns.flags.AD
+    # Nothing else changes: the other flags, the rcode, the records, the OPT.
+    assert m.flags & dns.flags.QR and m.flags & dns.flags.AA and m.flags & dns.flags.RA and m.flags & dns.flags.RD
+    assert m.rcode() == 0 and len(m.answer[0]) == 2 and (m.edns == 0) == edns
+
+
+@pytest.mark.parametrize("edns", [True, False])
+def test_ad_is_kept_for_a_client_that_set_ad(edns: bool) -> None:
+    query, answer = ad_answer(do=False)
+    e = cached(query, answer)
+    q, qend = ad_query(ad=True, do=False, edns=edns)
+    m = dns.message.from_wire(e.render(q, qend, 0, edns, 100.0))
+    assert m.flags & dns.flags.AD and m.flags & dns.flags.AA and m.flags & dns.flags.RA
+    # Byte for byte the answer but for the ID and AD: the two headers differ in that one bit only.
+    q2, qend2 = ad_query(ad=False, do=False, edns=edns)
+    plain = e.render(q2, qend2, 0, edns, 100.0)
+    with_ad = e.render(q, qend, 0, edns, 100.0)
+    assert with_ad[3] == plain[3] | wire.AD and with_ad[:3] + with_ad[4:] == plain[:3] + plain[4:]
+
+
+@pytest.mark.parametrize("ad", [False, True])
+def test_ad_is_kept_for_a_do_client(ad: bool) -> None:
+    query, answer = ad_answer(do=True)
+    e = cached(query, answer, do=True)  # the DO bit is in the key: this entry serves DO queries only
+    q, qend = ad_query(ad=ad, do=True)
+    m = dns.message.from_wire(e.render(q, qend, 0, True, 100.0))
+    assert m.flags & dns.flags.AD and m.ednsflags & dns.flags.DO
+
+
+@pytest.mark.parametrize(("ad", "edns"), [(False, True), (False, False), (True, True), (True, False)])
+def test_truncated_reply_follows_the_ad_rule(ad: bool, edns: bool) -> None:
+    query, answer = ad_answer(do=False, n=60)
+    e = cached(query, answer)
+    q, qend = ad_query(ad=ad, do=False, edns=edns)
+    m = dns.message.from_wire(e.render(q, qend, 512, edns, 100.0))
+    assert m.flags & dns.flags.TC and not m.answer
+    assert bool(m.flags & dns.flags.AD) == ad
+    assert m.flags & dns.flags.AA and m.flags & dns.flags.RA
+
+
+def test_entries_without_ad_have_nothing_to_strip() -> None:
+    query, answer = make_answer()
+    assert cached(query, answer).noad is None
+    query, answer = ad_answer(do=True)
+    assert cached(query, answer, do=True).noad is None  # DO entries keep AD for everyone they serve
+    query, answer = ad_answer(do=False)
+    assert cached(query, answer).noad is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# serve-stale (RFC 8767): expired entries kept for the partition's stale window
+
+
+def test_get_stale_only_within_the_window_and_sweep_keeps_them_until_it_ends() -> None:
+    s = Store(1 << 20)
+    part = s.partition("cluster.local", SUCCESS, 10, stale=100.0)
+    s.put(entry(b"a", stored=0.0, ttl=30), part)
+    assert s.get_stale(b"a", 29.0) is None  # live: not stale
+    assert s.get(b"a", 31.0) is None and s.get_stale(b"a", 31.0) is not None  # expired, within the window
+    assert s.sweep(129.0) == 0 and b"a" in s.index  # 99 s past expiry: kept
+    assert s.get_stale(b"a", 130.0) is None  # the window ended
+    assert s.sweep(130.0) == 1 and b"a" not in s.index and s.expired_reclaimed == 1
+    off = s.partition(".", SUCCESS, 10)  # stale 0: reclaimed at expiry, as before
+    s.put(entry(b"b", stored=0.0, ttl=30), off)
+    assert s.get_stale(b"b", 30.0) is None and s.sweep(30.0) == 1
+
+
+def test_partition_stale_window_follows_the_config() -> None:
+    s = Store(1 << 20)
+    part = s.partition("z", SUCCESS, 10, stale=5.0)
+    assert s.partition("z", SUCCESS, 10, stale=0.0) is part and part.stale == 0.0
+
+
+def test_render_stale_sets_every_ttl_and_keeps_the_records() -> None:
+    q = dns.message.make_query("a.example.", "A")
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("a.example.", 300, "IN", "A", "192.0.2.1", "192.0.2.2"))
+    r.authority.append(dns.rrset.from_text("example.", 3600, "IN", "NS", "ns.example."))
+    e, ok = entry_for(b"k", r.to_wire(), False, 0.0, TTLPolicy(5, 30, 30, 5))
+    assert ok
+    wq = q.to_wire()
+    out = dns.message.from_wire(e.render_stale(wq, len(wq), 512, False, 30))
+    assert out.id == q.id and out.rcode() == 0
+    assert [rr.ttl for rr in out.answer + out.authority] == [30, 30]
+    assert sorted(str(x) for x in out.answer[0]) == ["192.0.2.1", "192.0.2.2"]
+    live = dns.message.from_wire(e.render(wq, len(wq), 512, False, 10.0))  # render itself is unchanged
+    assert [rr.ttl for rr in live.answer] == [20]

@@ -75,7 +75,7 @@ IPVS_SED = {"__PILLAR__LOCAL__DNS__": "169.254.20.10", "__PILLAR__DNS__DOMAIN__"
             "__PILLAR__UPSTREAM__SERVERS__": "/etc/resolv.conf"}
 
 NODE_CACHE = ZoneCache(success_capacity=9984, denial_capacity=9984, min_ttl=5, success_max_ttl=30,
-                       denial_max_ttl=5, servfail_ttl=5)
+                       denial_max_ttl=5, servfail_ttl=5, serve_stale=600.0)  # the cluster zone's stale window
 CACHE_30 = ZoneCache()  # `cache 30`: CoreDNS's capacities and min TTL, max TTL 30 for both kinds
 
 
@@ -184,8 +184,8 @@ def test_cache_options(resolv: str) -> None:
     res = load_text(text, Pillars(), resolv_conf=resolv)
     assert res.data["zones"]["."]["cache"] == {
         "success_capacity": 5000, "denial_capacity": 2000, "min_ttl": 10, "success_max_ttl": 120,
-        "denial_max_ttl": 20, "servfail_ttl": 3}
-    assert [n.split(": ", 1)[1].split(":")[0] for n in res.notes] == ["cache prefetch", "cache serve_stale"]
+        "denial_max_ttl": 20, "servfail_ttl": 3, "prefetch_hits": 10, "prefetch_percent": 20, "serve_stale": 3600.0}
+    assert [n.split(": ", 1)[1].split(" 1m")[0] for n in res.notes] == ["cache prefetch DURATION"]
     assert res.data["upstreams"]["."] == {"servers": ["192.0.2.1:53", "192.0.2.2:53"], "transport": "udp",
                                           "policy": "sequential"}
 
@@ -267,8 +267,8 @@ def test_unknown_directives_and_options_are_reported_with_lines() -> None:
             "max_concurrent; read and noted: max_fails, expire, health_check)"),
         (5, "directive 'rewrite' is not supported (the Corefile subset: bind, cache, forward, health, prometheus, "
             "reload, loop, errors, log, ready)"),
-        (7, "cache: unknown option 'jitter' (known: success, denial, prefetch, serve_stale, servfail, disable, "
-            "keepttl)"),
+        (7, "cache: unknown option 'jitter' (known: success, denial, prefetch, serve_stale, serve_stale_policy, "
+            "servfail, disable, keepttl)"),
         (9, "directive 'hosts' is not supported (the Corefile subset: bind, cache, forward, health, prometheus, "
             "reload, loop, errors, log, ready)"),
     ]
@@ -384,3 +384,36 @@ def test_yaml_and_corefile_together_is_an_error(addon_file: Path, tmp_path: Path
     y.write_text("log_level: debug\n")
     assert main(["check-config", "--config", str(y), "-conf", str(addon_file)]) == 2
     assert "either a YAML config or a Corefile" in capsys.readouterr().err
+
+
+def test_serve_stale_modes_policy_and_prefetch_defaults(resolv: str) -> None:
+    text = """
+    . {
+        cache 30 {
+            serve_stale 10m immediate
+            serve_stale_policy prefer_positive
+            prefetch 3
+        }
+        forward . 192.0.2.1
+    }
+    cluster.local {
+        cache 30 {
+            serve_stale
+        }
+        forward . 10.96.0.10
+    }
+    """
+    res = load_text(text, Pillars(), resolv_conf=resolv)
+    root = res.data["zones"]["."]["cache"]
+    assert root["serve_stale"] == 600.0 and root["stale_client_timeout"] == 0.0 and root["prefer_stale"] is True
+    assert root["prefetch_hits"] == 3 and root["prefetch_percent"] == 10
+    assert res.data["zones"]["cluster.local"]["cache"]["serve_stale"] == 3600.0  # CoreDNS's default duration
+    cfg = config.load(None, res.data, env={}, resolv_conf=resolv)
+    assert cfg.zones["."].cache.prefer_stale and cfg.zones["cluster.local"].cache.stale_client_timeout == 1.8
+    bad = (". {\n cache {\n serve_stale 1h later\n serve_stale_policy prefer_negative\n prefetch 2 150%\n }\n"
+           " forward . 192.0.2.1\n}\n")
+    assert problems_of(bad) == [
+        (3, "cache: serve_stale: refresh mode must be immediate or verify, got 'later'"),
+        (4, "cache: serve_stale_policy prefer_positive"),
+        (5, "cache: prefetch PERCENTAGE must be 1%..99%, got '150%'"),
+    ]
