@@ -8,6 +8,11 @@
 #   hack/lab.sh agent start|stop|kill|restart [ARGS...]
 #                                  stop = SIGTERM (teardown), kill = kill -9 (rules stay: fail-open)
 #   hack/lab.sh failopen           kill -9 the agent, time every path's first answer, start it again
+#   hack/lab.sh fault KIND... [--seconds N] [--json FILE] [--rate Q] [--timeout S] [--warmup S] [--before S]
+#                 [--after S] [--delay S] [--loss PCT] [--fresh-agent]
+#                                  what pods see while CoreDNS misbehaves (KIND: stop servfail slow loss)
+#   hack/lab.sh faults [OPTIONS]   the four kinds in a row
+#   hack/lab.sh fault on KIND [ARG] | off | reset | status     the fault switches alone
 #
 # Namespaces ($LAB_PREFIX-NAME, default nl-lab-*), everything inside them; nothing touches the host's:
 #   node     the agent (full setup), kube-proxy-like DNAT (iptables nat, as kube-proxy's iptables mode)
@@ -18,6 +23,26 @@
 #   outside  the node's resolver for other names (www.example.com)   10.250.0.53  fd53:250::53
 # Services: kube-dns 10.96.0.10 / fd53:96::a, kube-dns-upstream 10.96.0.11 / fd53:96::b (-> coredns).
 # The agent listens on 169.254.20.10, 10.96.0.10 and fd53::10 (iptables mode: it binds the ClusterIP).
+#
+# Faults (hack/faultrun.py runs the sequences, hack/podload.py is the pods' load):
+#   stop      CoreDNS answers nothing: nft in the coredns namespace drops DNS coming in (timeouts, no ICMP)
+#   servfail  CoreDNS answers SERVFAIL to everything      } hack/faultdns.py in the coredns namespace, before
+#   slow      CoreDNS answers 3 s late (--delay), past     } dnsmasq (nft DNAT :53 -> :5300 on each endpoint
+#             the agent's 2 s per-try timeout              } address), passing everything in other phases
+#   loss      10% (--loss) of the node's packets to CoreDNS (10.96.0.11 or an endpoint) dropped: nft
+#             `numgen random mod 100 < 10 drop` in the node namespace (output and forward hooks)
+# Each KIND runs warm-up (10 s), before (20 s), fault (--seconds, 60) and after (20 s) back to back on one
+# clock, with hack/podload.py in pod-a (-> 10.96.0.10) and pod-b (-> 169.254.20.10) all along: 200 q/s
+# each (--rate), a new socket (source port) per query as pods' resolvers do, 12 (name, type) pairs in turn
+# (services, a headless one, NODATA, a search-path NXDOMAIN, an outside name), a client timeout of 2 s
+# (--timeout; glibc: 5 s), at most 2000 outstanding (past that counted as dropped, so slow answers never
+# lower the offered rate). A query counts in the phase it was sent in. The fault goes on and off at the
+# fault phase's edges (within ~0.1 s); the agent's /metrics is scraped at every edge and each second.
+# Table per phase and pod: sent, answered (NOERROR or NXDOMAIN), SERVFAIL, REFUSED, timeouts, p50/p99 of
+# the answered; per phase, deltas of the agent's cache misses, served-stale, prefetch, upstream tries and
+# timeouts to the cluster group, SERVFAIL answers, CoreDNS's own query count (its dnsmasq log), and
+# nodelocal_upstream_healthy as sampled. --json FILE keeps it all (per second, per name, every sample).
+# Ctrl-C or a failure resets the fault (`fault reset`); `down` ends whatever is left.
 #
 # Environment: LAB_PREFIX (nl-lab), LAB_STATE (/run/nodelocal-lab), LAB_BACKEND (auto | nft | iptables-nft
 # | iptables-legacy), LAB_KUBE_PROXY (iptables-nft | iptables-legacy: where the fake kube-proxy writes),
@@ -261,6 +286,154 @@ cmd_failopen() {  # kill -9 the agent, time each path's first answer, start it a
   say "pod-b -> $LINK_LOCAL from port $port: $a; conntrack entries for that query: $(in_ns node conntrack -L -p udp --sport "$port" 2>/dev/null | grep -c . || true)"
 }
 
+# --- faults: CoreDNS misbehaving (hack/faultrun.py drives the sequences; these are the switches) -------
+FAULT_PORT=5300  # hack/faultdns.py in the coredns namespace, on each CoreDNS address
+FAULT_KINDS="stop servfail slow loss"
+proxy_pid() { [ -f "$STATE/faultdns.pid" ] && kill -0 "$(cat "$STATE/faultdns.pid")" 2>/dev/null && cat "$STATE/faultdns.pid"; }
+proxy_mode() { echo "$1" >"$STATE/faultdns.mode"; kill -HUP "$(proxy_pid)"; }  # read at once
+nft_del() { in_ns "$1" nft delete table inet "$2" 2>/dev/null || true; }  # NS TABLE, if there
+
+fault_proxy_start() {  # faultdns.py on ADDR:5300 -> ADDR:53 (dnsmasq), and a DNAT of port 53 to it
+  [ -n "$(proxy_pid || true)" ] && return 0
+  local a args=() rules="" i nl=$'\n'
+  echo pass >"$STATE/faultdns.mode"
+  rm -f "$STATE/faultdns.stats"
+  for a in "${COREDNS[@]}" "${COREDNS6[@]}"; do args+=(--listen "$a"); done
+  setsid ip netns exec "$(ns coredns)" "$ROOT/.venv/bin/python" "$ROOT/hack/faultdns.py" "${args[@]}" \
+    --port "$FAULT_PORT" --mode-file "$STATE/faultdns.mode" --stats "$STATE/faultdns.stats" \
+    >>"$STATE/faultdns.log" 2>&1 </dev/null &
+  echo $! >"$STATE/faultdns.pid"
+  for ((i = 0; i < 100; i++)); do
+    [ -f "$STATE/faultdns.stats" ] && break
+    kill -0 "$(cat "$STATE/faultdns.pid")" 2>/dev/null || { tail -5 "$STATE/faultdns.log" >&2; die "faultdns.py exited"; }
+    sleep 0.1
+  done
+  [ -f "$STATE/faultdns.stats" ] || die "faultdns.py did not start within 10s"
+  for a in "${COREDNS[@]}"; do
+    rules+="    iifname \"eth0\" ip daddr $a udp dport 53 dnat ip to $a:$FAULT_PORT$nl"
+    rules+="    iifname \"eth0\" ip daddr $a tcp dport 53 dnat ip to $a:$FAULT_PORT$nl"
+  done
+  for a in "${COREDNS6[@]}"; do
+    rules+="    iifname \"eth0\" ip6 daddr $a udp dport 53 dnat ip6 to [$a]:$FAULT_PORT$nl"
+    rules+="    iifname \"eth0\" ip6 daddr $a tcp dport 53 dnat ip6 to [$a]:$FAULT_PORT$nl"
+  done
+  in_ns coredns nft -f - <<EOF
+table inet nlfault_proxy {
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+$rules  }
+}
+EOF
+  # Connections the agent already has to dnsmasq are not NATed: forget them, so that their next segment
+  # meets the DNAT (and a reset from the proxy): the agent reconnects, through the proxy.
+  in_ns coredns conntrack -F >/dev/null 2>&1 || true
+}
+
+fault_proxy_stop() {
+  local pid
+  nft_del coredns nlfault_proxy
+  if pid=$(proxy_pid); then
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/faultdns.pid" "$STATE/faultdns.mode"
+  in_ns coredns conntrack -F >/dev/null 2>&1 || true
+}
+
+fault_prepare() {  # KIND: what must be in place before the fault (the proxy, for servfail and slow)
+  case $1 in
+    servfail | slow) fault_proxy_start ;;
+    stop | loss) ;;
+    *) die "fault kind: one of $FAULT_KINDS" ;;
+  esac
+}
+
+fault_on() {  # KIND [ARG]: slow ARG = seconds (3), loss ARG = percent (10)
+  local kind=$1 arg=${2:-} daddr daddr6
+  case $kind in
+    stop)  # CoreDNS answers nothing: DNS traffic to its pod is dropped as it comes in (timeouts, no ICMP)
+      in_ns coredns nft -f - <<EOF
+table inet nlfault_stop {
+  chain in {
+    type filter hook input priority filter; policy accept;
+    iifname "eth0" meta l4proto { tcp, udp } th dport { 53, $FAULT_PORT } counter drop
+  }
+}
+EOF
+      ;;
+    servfail) fault_prepare servfail; proxy_mode servfail ;;
+    slow) fault_prepare slow; proxy_mode "slow ${arg:-3}" ;;
+    loss)  # a share of the node's packets to CoreDNS (the kube-dns-upstream ClusterIP or an endpoint) lost
+      arg=${arg:-10}
+      [[ $arg =~ ^[0-9]+$ ]] && ((arg >= 1 && arg <= 100)) || die "loss: a whole percent 1..100"
+      local pick="numgen random mod 100 < $arg"  # numgen's values are 0..99: 100% is a plain drop
+      ((arg < 100)) || pick=""
+      daddr="ip daddr { $UPSTREAM_SVC, ${COREDNS[0]}, ${COREDNS[1]} } meta l4proto { tcp, udp } th dport 53 $pick"
+      daddr6="ip6 daddr { $UPSTREAM_SVC6, ${COREDNS6[0]}, ${COREDNS6[1]} } meta l4proto { tcp, udp } th dport 53 $pick"
+      in_ns node nft -f - <<EOF
+table inet nlfault_loss {
+  chain local {
+    type filter hook output priority filter; policy accept;
+    $daddr counter drop comment "loss $arg%"
+    $daddr6 counter drop comment "loss $arg%"
+  }
+  chain routed {
+    type filter hook forward priority filter; policy accept;
+    $daddr counter drop comment "loss $arg%"
+    $daddr6 counter drop comment "loss $arg%"
+  }
+}
+EOF
+      ;;
+    *) die "fault kind: one of $FAULT_KINDS" ;;
+  esac
+}
+
+fault_off() {  # CoreDNS healthy again (the proxy, if there, stays in the path, passing)
+  nft_del coredns nlfault_stop
+  nft_del node nlfault_loss
+  [ -z "$(proxy_pid || true)" ] || proxy_mode pass
+}
+
+fault_state() {
+  local s=() pct
+  in_ns coredns nft list table inet nlfault_stop >/dev/null 2>&1 && s+=("stop (the coredns namespace drops port 53)")
+  if in_ns node nft list table inet nlfault_loss >/dev/null 2>&1; then
+    pct=$(in_ns node nft list table inet nlfault_loss | grep -o 'loss [0-9]*%' | head -1)
+    s+=("$pct of node->CoreDNS packets")
+  fi
+  [ -z "$(proxy_pid || true)" ] || s+=("faultdns.py in front of CoreDNS, mode: $(cat "$STATE/faultdns.mode" 2>/dev/null || echo pass)")
+  if ((${#s[@]})); then printf '%s\n' "${s[@]}"; else echo "none"; fi
+}
+
+cmd_fault() {  # KIND... [faultrun options] | on KIND [ARG] | off | reset | status | prepare KIND
+  need_root
+  exists node || die "the lab is not up (hack/lab.sh up)"
+  case ${1:-} in
+    on)
+      [ -n "${2:-}" ] || die "usage: hack/lab.sh fault on KIND [ARG]"
+      fault_on "$2" "${3:-}"
+      say "fault on: $(fault_state | paste -sd';')"
+      ;;
+    off) fault_off; say "fault off: $(fault_state | paste -sd';')" ;;
+    reset) fault_off; fault_proxy_stop; say "fault reset: CoreDNS answers directly again" ;;
+    status) fault_state ;;
+    prepare) fault_prepare "${2:-}" ;;
+    stop | servfail | slow | loss | all)
+      local kinds=() a
+      while [ $# -gt 0 ] && [[ " $FAULT_KINDS all " == *" $1 "* ]]; do
+        if [ "$1" = all ]; then read -ra a <<<"$FAULT_KINDS"; kinds+=("${a[@]}"); else kinds+=("$1"); fi
+        shift
+      done
+      [ -n "$(agent_pid || true)" ] || die "the agent is not running (hack/lab.sh agent start)"
+      exec "$ROOT/.venv/bin/python" "$ROOT/hack/faultrun.py" --lab "$ROOT/hack/lab.sh" --prefix "$PREFIX" \
+        --state "$STATE" "${kinds[@]}" "$@"
+      ;;
+    *) die "usage: hack/lab.sh fault KIND... [--seconds N] [--json FILE] ... | fault on KIND [ARG] | off | reset | status (KIND: $FAULT_KINDS)" ;;
+  esac
+}
+
 cmd_up() {
   need_root
   need_tools
@@ -406,6 +579,7 @@ cmd_status() {
       grep -v ' 0.0$' || true
   fi
   echo "--- CoreDNS (dnsmasq) queries logged: $(grep -c 'query\[' "$STATE/coredns.log" 2>/dev/null || echo 0)"
+  echo "--- faults: $(fault_state | paste -sd';')"
 }
 
 case ${1:-} in
@@ -413,6 +587,8 @@ case ${1:-} in
   down) cmd_down ;;
   status) cmd_status "${2:-}" ;;
   failopen) cmd_failopen ;;
+  fault) shift; cmd_fault "$@" ;;
+  faults) shift; cmd_fault all "$@" ;;
   exec)
     shift
     [ $# -ge 2 ] || die "usage: hack/lab.sh exec POD CMD... (POD: ${PODS[*]})"
@@ -430,5 +606,5 @@ case ${1:-} in
       *) die "usage: hack/lab.sh agent start|stop|kill|restart [ARGS...]" ;;
     esac
     ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
