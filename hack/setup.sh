@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # dig/kdig (manual checks), dnsperf (benchmark), unbound and dnsmasq (peers in tests and benchmark),
-# prometheus (its server and promtool) and chromium for tests/e2e (the tests start them; no service runs).
-APT_PACKAGES=(dnsutils knot-dnsutils dnsperf unbound dnsmasq-base procps prometheus chromium)
+# nsd (the authoritative upstream of hack/bench_pods.sh), prometheus (its server and promtool) and
+# chromium for tests/e2e (the tests start them; no service runs).
+APT_PACKAGES=(dnsutils knot-dnsutils dnsperf unbound dnsmasq-base nsd procps prometheus chromium)
 # Network setup, hack/lab.sh and tests/netns: ip, nft, iptables (nft and legacy), conntrack, ipset, curl.
 APT_PACKAGES+=(iproute2 nftables iptables conntrack ipset curl)
 
