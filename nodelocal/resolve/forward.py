@@ -58,6 +58,7 @@ class Server:
         self.down = False
         self.down_since = 0.0
         self.probe: asyncio.Task[None] | None = None
+        self.on_up: Callable[[], None] | None = None  # told when the server comes back (resolver: recheck)
 
     async def exchange(self, query: bytes, question_lc: bytes, timeout: float, *, resend: bool = True) -> Reply:
         """One try: UDP (then TCP if truncated) or TCP; the reply is scanned before it is trusted.
@@ -127,6 +128,8 @@ class Server:
         probe, self.probe = self.probe, None
         if probe is not None and probe is not asyncio.current_task():
             probe.cancel()
+        if self.on_up is not None:
+            self.on_up()
 
     async def _probe_until_up(self) -> None:
         """CoreDNS forward's health check: `. IN NS` every health_check seconds until any reply comes back.

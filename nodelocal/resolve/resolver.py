@@ -88,6 +88,9 @@ class Resolver:
         self.max_udp = cfg.listen.max_udp_payload
         self.max_concurrent = cfg.resolve.max_concurrent
         self.groups = {name: Group(name, g, stats) for name, g in cfg.upstreams.items()}
+        for group in self.groups.values():
+            for server in group.servers:
+                server.on_up = self._upstream_back
         routes = {}
         for zname, z in cfg.zones.items():
             chain = Chain([self.groups[g] for g in z.forward], stats, cfg.resolve.query_timeout, now)
@@ -265,6 +268,11 @@ class Resolver:
         if len(self.recheck) >= RECHECK_MAX:
             self.recheck = {k: t for k, t in self.recheck.items() if t > now}
         self.recheck[key] = now + route.cache.stale_recheck
+
+    def _upstream_back(self) -> None:
+        """An upstream answers again: names held under the failure recheck are asked at their next query, so
+        fresh data replaces stale as soon as the upstream can give it (not up to stale_recheck later)."""
+        self.recheck.clear()
 
     def prefetch_due(self) -> int:
         """Refresh the entries whose prefetch window has opened and that were used enough; returns how many

@@ -189,3 +189,24 @@ def test_last_known_good_only_while_the_upstreams_are_degraded(
         assert agent.query(NAME).rcode() == dns.rcode.NXDOMAIN
     finally:
         dead.stop()
+
+
+def test_an_upstream_that_comes_back_ends_the_failure_recheck(make_agent: Any, cluster: FakeDNS,
+                                                              host: FakeDNS) -> None:
+    zone_cache = {"min_ttl": 1, "success_max_ttl": 1, "denial_max_ttl": 1, "stale_client_timeout": 0.3,
+                  "stale_recheck": 30.0, "prefetch_hits": 0}
+    agent = make_agent({
+        **upstreams(cluster, host, try_timeout=0.4, max_fails=1, health_check=0.1),
+        "resolve": {"query_timeout": 1.0},
+        "zones": {"cluster.local": {"forward": ["cluster"], "cache": zone_cache}, ".": {"forward": ["host"]}},
+    })
+    agent.query(NAME)
+    time.sleep(1.2)
+    cluster.down = True
+    assert agent.query(NAME).answer[0].ttl == 30  # stale; the refresh fails and the server is marked down
+    assert wait_for(lambda: agent.metric("nodelocal_upstream_healthy", group="cluster") == 0, 3)
+    cluster.add(NAME, "A", 100, "10.0.0.42")
+    cluster.down = False  # the probe gets its answer: up again, and the recheck of 30 s is over at once
+    assert wait_for(lambda: agent.metric("nodelocal_upstream_healthy", group="cluster") == 1, 3)
+    r = agent.query(NAME)
+    assert r.answer[0][0].address == "10.0.0.42" and r.answer[0].ttl <= 1
