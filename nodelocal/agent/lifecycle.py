@@ -196,7 +196,7 @@ class Agent:
         socks: list[tuple[str, socket.socket]] = []
         try:
             for ip in self.cfg.listen.localip:
-                socks.append(("udp", bind_udp((ip, port))))
+                socks.append(("udp", bind_udp((ip, port), self.cfg.listen.udp_rcvbuf)))
                 socks.append(("tcp", bind_tcp((ip, port))))
         except BindError:
             for _k, s in socks:
@@ -206,8 +206,10 @@ class Agent:
             name = sock.getsockname()
             self.bound.append((kind, (name[0], name[1])))
             if kind == "udp":
-                proto = UDPServer(self.resolver, self.store, self.meters.server, self.cfg.listen.max_udp_payload,
-                                  self.now, live=self.live, ipv6=sock.family == socket.AF_INET6)
+                listen = self.cfg.listen
+                proto = UDPServer(self.resolver, self.store, self.meters.server, listen.max_udp_payload, self.now,
+                                  live=self.live, ipv6=sock.family == socket.AF_INET6,
+                                  client_timeout=listen.client_timeout, max_pending=listen.max_pending)
                 transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp_transports.append(transport)
                 self.udp_protocols.append(proto)

@@ -86,6 +86,15 @@ class ListenConfig:
     tcp_idle_timeout: float = _f(10.0, "seconds an idle client TCP connection stays open", lo=0.1)
     tcp_max_connections: int = _f(1024, "open client TCP connections; new ones past this are closed", lo=1)
     tcp_max_pipelined: int = _f(64, "queries of one TCP connection answered at once", lo=1)
+    udp_rcvbuf: int = _f(212992, "bytes of the UDP sockets' receive buffer (SO_RCVBUF; the kernel doubles it): "
+                                 "room for a burst of milliseconds, not a queue of seconds; 0 = kernel default",
+                         lo=0)
+    client_timeout: float = _f(2.0, "seconds after which a client no longer waits for an answer: a query older "
+                                    "than this is dropped, not answered (nodelocal_dropped_queries_total{reason="
+                                    "\"late\"})", lo=0.05)
+    max_pending: int = _f(2000, "client queries on the slow path at once (misses, TCP excluded); past it new "
+                                "misses are dropped before any work (reason=\"busy\"); hits are still answered",
+                          lo=1)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,10 @@ class ServerStats:
         self.queries6 = {"udp": 0, "tcp": 0}  # received on IPv6 listeners (family "2")
         self.rcodes = [0] * len(RCODE_NAMES)  # responses sent, by rcode (index = rcode)
         self.dropped = 0  # queries with an unreadable header or QR set: no reply at all
+        # Queries dropped unanswered under overload, by reason: "busy" (the slow path was full: dropped
+        # before any work) and "late" (older than the client's timeout: nobody waits for the answer).
+        self.shed = {"busy": 0, "late": 0}
+        self.pending = 0  # UDP queries on the slow path now, over every listener
         self.request_duration = Histogram()  # client queries, from receipt to reply (hits: sampled)
         self.tcp_connections = 0
         self.tcp_rejected = 0
@@ -67,9 +71,13 @@ class ServerCollector(Collector):
                                     labels=["server", "zone", "view", "type"])
         dur.add_metric([srv, ".", "", "other"], s.request_duration.buckets(), s.request_duration.total)
         yield dur
-        yield CounterMetricFamily("nodelocal_dropped_queries",
-                                  "Client datagrams dropped without reply (unreadable header or QR set).",
-                                  value=s.dropped)
+        dq = CounterMetricFamily("nodelocal_dropped_queries",
+                                 "Client queries dropped without reply: malformed (unreadable header or QR set), "
+                                 "busy (slow path full), late (older than the client timeout).", labels=["reason"])
+        dq.add_metric(["malformed"], s.dropped)
+        for reason, n in s.shed.items():
+            dq.add_metric([reason], n)
+        yield dq
         yield GaugeMetricFamily("nodelocal_tcp_connections", "Open client TCP connections.",
                                 value=s.tcp_connections)
         yield CounterMetricFamily("nodelocal_tcp_rejected", "Client TCP connections closed at the cap.",

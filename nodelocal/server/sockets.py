@@ -8,19 +8,24 @@ import socket
 from nodelocal import BindError
 from nodelocal.config import Address, format_hostport
 
-UDP_RCVBUF = 4 * 1024 * 1024  # absorb bursts while the loop is busy (the kernel caps it at rmem_max)
+# The UDP receive buffer holds a burst of milliseconds, not a queue of seconds: under overload (a busy or
+# CPU-capped node) a large buffer fills with queries whose clients give up before their turn comes, and
+# every answer is late. A small one lets the kernel drop the excess before any work is spent on it.
+UDP_RCVBUF = 212992  # bytes asked for (SO_RCVBUF; the kernel doubles it): the usual rmem_default
 
 
 def family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def bind_udp(addr: Address) -> socket.socket:
-    """A bound, non-blocking UDP socket; BindError names the address when the kernel refuses."""
+def bind_udp(addr: Address, rcvbuf: int = UDP_RCVBUF) -> socket.socket:
+    """A bound, non-blocking UDP socket (receive buffer `rcvbuf` bytes; 0 leaves the kernel's default);
+    BindError names the address when the kernel refuses."""
     sock = socket.socket(family(addr[0]), socket.SOCK_DGRAM)
     try:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        if rcvbuf:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind(addr)
         sock.setblocking(False)
     except OSError as e:

@@ -30,7 +30,8 @@ class UDPServer(asyncio.DatagramProtocol):
     """Answers hits inline and hands everything else to the resolver."""
 
     def __init__(self, resolver: Resolver, store: Store, stats: ServerStats, max_udp: int,
-                 now: Callable[[], float] = time.monotonic, live: Live | None = None, ipv6: bool = False) -> None:
+                 now: Callable[[], float] = time.monotonic, live: Live | None = None, ipv6: bool = False,
+                 client_timeout: float = 2.0, max_pending: int = 2000) -> None:
         self.resolver = resolver
         self.index = store.index
         self.stats = stats
@@ -38,6 +39,9 @@ class UDPServer(asyncio.DatagramProtocol):
         self.rcodes = stats.rcodes
         self.max_udp = max_udp
         self.now = now
+        self.client_timeout = client_timeout
+        self.max_pending = max_pending
+        self.shed = stats.shed
         self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # query bytes after the ID -> (entry, monotonic time until which the reply holds, reply after the ID)
@@ -145,19 +149,36 @@ class UDPServer(asyncio.DatagramProtocol):
         live.record(data, addr[0], every, seconds if len(self.tasks) == pending else None)
 
     def _slow(self, data: bytes, addr: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
+        stats = self.stats
+        if stats.pending >= self.max_pending:
+            # Overload: the slow path is full. Drop before any work (no task, no parsing); hits are still
+            # answered inline above, and the clients of dropped misses retry.
+            self.shed["busy"] += 1
+            return
+        stats.pending += 1
+        task = asyncio.get_running_loop().create_task(self._answer(data, addr, self.now()))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
 
-    async def _answer(self, data: bytes, addr: Any) -> None:
-        t0 = self.now()
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.stats.pending -= 1
+
+    async def _answer(self, data: bytes, addr: Any, t0: float) -> None:
+        if self.now() - t0 > self.client_timeout:
+            self.shed["late"] += 1  # waited in the loop past the client's timeout: no work for nobody
+            return
         try:
             reply = await self.resolver.answer(data, tcp=False)
         except Exception:
             log.exception("query from %s failed", addr)
             return
+        elapsed = self.now() - t0
+        if elapsed > self.client_timeout:
+            self.shed["late"] += 1  # the client gave up (and retried): this answer would only add load
+            return
         self.stats.count_reply(reply)
-        self.stats.request_duration.observe(self.now() - t0)  # coredns_dns_request_duration_seconds
+        self.stats.request_duration.observe(elapsed)  # coredns_dns_request_duration_seconds
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 

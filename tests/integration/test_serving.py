@@ -266,3 +266,11 @@ def test_tcp_idle_connections_are_closed_and_capped(cluster: FakeDNS, host: Fake
     assert a.recv(1) == b"" and b.recv(1) == b""  # idle for 0.3 s: closed by the agent
     for s in (a, b, c):
         s.close()
+
+
+def test_udp_receive_buffer_holds_a_burst_not_a_queue(make_agent: Any, cluster: FakeDNS, host: FakeDNS) -> None:
+    small = make_agent({**upstreams(cluster, host), "listen": {"udp_rcvbuf": 65536}})
+    assert small.agent is not None
+    sock = small.agent.udp_transports[0].get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 65536  # the kernel doubles it
+    assert small.query("web.default.svc.cluster.local").answer

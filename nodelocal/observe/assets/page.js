@@ -122,7 +122,8 @@
     set("window.p99_ms", ms(w.p99_ms));
     set("window.evictions_per_s", rate(w.evictions_per_s));
     for (const k of ["queries", "udp", "tcp", "hits", "hits_success", "hits_denial", "misses", "coalesced",
-                     "fallthrough", "all_upstreams_failed", "dropped", "spoofed", "served_stale", "prefetch"]) {
+                     "fallthrough", "all_upstreams_failed", "dropped", "spoofed", "served_stale", "prefetch",
+                     "dropped_busy", "dropped_late"]) {
       set("totals." + k, int(t[k]));
     }
     set("totals.hit_rate", pct(t.hit_rate));

@@ -442,3 +442,84 @@ def test_reply_memo_follows_the_ttl_second_replacement_and_expiry() -> None:
         return ask(5)
 
     assert run(expired) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# overload: misses shed before any work, late answers dropped, hits answered throughout
+
+
+class HeldResolver:
+    """A slow path that holds every query until released; the clock moves while it holds."""
+
+    def __init__(self, clock: list[float], takes: float = 0.0) -> None:
+        self.clock = clock
+        self.takes = takes
+        self.release = asyncio.Event()
+        self.seen: list[bytes] = []
+
+    async def answer(self, query: bytes, tcp: bool) -> bytes | None:
+        self.seen.append(query)
+        await self.release.wait()
+        self.clock[0] += self.takes
+        return wire.error_reply(query, wire.SERVFAIL)
+
+
+def overload_rig(takes: float = 0.0, max_pending: int = 3) -> tuple[Rig, HeldResolver, list[float]]:
+    rig = Rig()
+    clock = [NOW]
+    held = HeldResolver(clock, takes)
+    rig.server = UDPServer(held, rig.store, rig.stats, MAX_UDP, now=lambda: clock[0],  # type: ignore[arg-type]
+                           client_timeout=2.0, max_pending=max_pending)
+    rig.server.connection_made(rig.transport)  # type: ignore[arg-type]
+    return rig, held, clock
+
+
+def test_misses_past_max_pending_are_shed_while_hits_are_answered() -> None:
+    async def body() -> None:
+        rig, held, _clock = overload_rig(max_pending=3)
+        q = dns.message.make_query("cached.example.", "A")
+        rig.cache(slow_key(q.to_wire()), q)
+        for i in range(10):
+            rig.hot(dns.message.make_query(f"miss{i}.example.", "A").to_wire())
+        await asyncio.sleep(0)
+        assert len(held.seen) == 3 and rig.stats.shed == {"busy": 7, "late": 0} and rig.stats.pending == 3
+        for _ in range(5):  # the slow path is full, and hits are still answered at once
+            q.id = (q.id + 1) & 0xFFFF
+            reply = rig.hot(q.to_wire())
+            assert reply is not None and dns.message.from_wire(reply).answer
+        held.release.set()
+        await asyncio.sleep(0.01)
+        assert rig.stats.pending == 0 and len(rig.transport.sent) == 5 + 3  # the three held ones answered
+        rig.hot(dns.message.make_query("again.example.", "A").to_wire())  # room again
+        await asyncio.sleep(0.01)
+        assert len(held.seen) == 4 and rig.stats.shed["busy"] == 7
+
+    run(body)
+
+
+def test_an_answer_later_than_the_client_timeout_is_not_sent() -> None:
+    async def body() -> None:
+        rig, held, _clock = overload_rig(takes=2.5)  # the upstream answers after the client gave up
+        rig.hot(dns.message.make_query("slow.example.", "A").to_wire())
+        held.release.set()
+        await asyncio.sleep(0.01)
+        assert rig.transport.sent == [] and rig.stats.shed["late"] == 1
+        assert sum(rig.stats.rcodes) == 0  # not counted as a response: none was sent
+        held.takes = 1.0  # in time: answered
+        rig.hot(dns.message.make_query("quick.example.", "A").to_wire())
+        await asyncio.sleep(0.01)
+        assert len(rig.transport.sent) == 1 and rig.stats.rcodes[wire.SERVFAIL] == 1
+
+    run(body)
+
+
+def test_a_query_that_waited_in_the_loop_past_the_timeout_gets_no_work() -> None:
+    async def body() -> None:
+        rig, held, clock = overload_rig()
+        held.release.set()
+        rig.hot(dns.message.make_query("queued.example.", "A").to_wire())
+        clock[0] += 3.0  # the loop was busy (or the CPU quota ran out) before the task could start
+        await asyncio.sleep(0.01)
+        assert held.seen == [] and rig.transport.sent == [] and rig.stats.shed["late"] == 1
+
+    run(body)
