@@ -106,6 +106,8 @@ class UpstreamGroup:
     policy: str = _f("sequential", "order of servers within the group",
                      choices=("sequential", "random", "round_robin"))
     try_timeout: float = _f(2.0, "seconds to wait for one server's reply", lo=0.01)
+    udp_sockets: int = _f(8, "UDP sockets per server, each on a random source port and carrying many queries; "
+                             "each query takes one at random, each is replaced after 1000 queries or 60 s", lo=1)
     tcp_connections: int = _f(4, "persistent TCP connections per server, each carrying many queries", lo=1)
     tcp_idle_timeout: float = _f(10.0, "seconds an unused upstream TCP connection is kept", lo=0.1)
     max_fails: int = _f(2, "tries in a row without any reply that mark a server down (skipped while another "

@@ -17,7 +17,6 @@ import asyncio
 import itertools
 import logging
 import random
-import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from nodelocal import UpstreamError, UpstreamTimeout, WireError
 from nodelocal.config import Address, UpstreamGroup, format_hostport
 from nodelocal.dns import wire
 from nodelocal.resolve.metrics import ResolveStats
-from nodelocal.resolve.upstream import ConnectionLost, TCPPool, udp_exchange
+from nodelocal.resolve.upstream import ConnectionLost, TCPPool, UDPPool
 
 log = logging.getLogger("nodelocal.forward")
 
@@ -40,7 +39,8 @@ PROBE_QUERY = wire.build_query(0, PROBE_QUESTION, True, False, False, wire.EDNS_
 
 
 class Server:
-    """One upstream nameserver: its TCP pool, its label in metrics, and its health (up, or down and probed)."""
+    """One upstream nameserver: its UDP and TCP pools, its label in metrics, and its health (up, or down and
+    probed)."""
 
     def __init__(self, addr: Address, group: UpstreamGroup, stats: ResolveStats, group_name: str = "") -> None:
         self.addr = addr
@@ -52,6 +52,7 @@ class Server:
         self.max_fails = group.max_fails
         self.health_check = group.health_check
         self.udp_retransmit = group.udp_retransmit
+        self.udp = UDPPool(addr, group.udp_sockets, stats)
         # A connection silent for a whole try while queries wait on it is stalled: closed, not reused.
         self.tcp = TCPPool(addr, group.tcp_connections, group.tcp_idle_timeout, stats, group.try_timeout)
         self.fails = 0  # tries in a row without any reply
@@ -73,10 +74,7 @@ class Server:
         deadline = loop.time() + timeout
         reply = None
         if self.transport == "udp":
-            qid = secrets.randbits(16)
-            q = qid.to_bytes(2, "big") + query[2:]
-            reply = await udp_exchange(self.addr, q, qid, question_lc, timeout, self.stats,
-                                       self.udp_retransmit if resend else 0.0)
+            reply = await self.udp.exchange(query, question_lc, timeout, self.udp_retransmit if resend else 0.0)
             if reply[2] & wire.TC:
                 reply = None
                 timeout = deadline - loop.time()
@@ -151,12 +149,13 @@ class Server:
             return
 
     def close(self) -> None:
-        """Close its connections and stop its probe; its health starts afresh if it is used again."""
+        """Close its sockets and connections and stop its probe; its health starts afresh if it is used again."""
         probe, self.probe = self.probe, None
         if probe is not None:
             probe.cancel()
         self.down = False
         self.fails = 0
+        self.udp.close()
         self.tcp.close()
 
 

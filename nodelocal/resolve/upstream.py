@@ -1,4 +1,5 @@
-"""Upstream transports: one-shot UDP from a fresh random port, and pooled, pipelined TCP.
+"""Upstream transports: pooled UDP sockets on random ports that are replaced as they go, and pooled,
+pipelined TCP.
 
 Every reply is checked before it is believed (RFC 5452 §9.1): the source address (a connected socket,
 checked again), the random ID, QR, and the question. A reply that fails is dropped and counted as
@@ -13,6 +14,7 @@ nothing for a whole try while queries wait on it is closed as stalled rather tha
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import struct
 from typing import Any
@@ -25,6 +27,8 @@ from nodelocal.resolve.metrics import ResolveStats
 Address = tuple[str, int]
 _U16 = struct.Struct(">H")
 MAX_RETRANSMITS = 2  # UDP sends of one query within a try, after the first
+UDP_SOCKET_QUERIES = 1000  # queries a pooled UDP socket carries before it is replaced (a new source port)
+UDP_SOCKET_AGE = 60.0  # seconds a pooled UDP socket takes new queries before it is replaced
 
 
 class ConnectionLost(UpstreamError):
@@ -56,57 +60,290 @@ def reply_matches(reply: bytes, qid: int, question_lc: bytes) -> bool:
     )
 
 
-class _OneShot(asyncio.DatagramProtocol):
-    def __init__(self, peer: Address, qid: int, question_lc: bytes, stats: ResolveStats) -> None:
-        self.peer = peer
+class _UDPQuery:
+    """One query waiting on a pooled UDP socket: its ID there, its datagram and its timer.
+
+    The timer does the waiting that asyncio.wait_for would do, without the waiter future, task and
+    callbacks that costs on every try: it sends the datagram again after a silence, and fails the query
+    when the try is over.
+    """
+
+    __slots__ = (
+        "again",
+        "datagram",
+        "deadline",
+        "fut",
+        "qid",
+        "question_lc",
+        "resent",
+        "retransmit",
+        "sock",
+        "timeout",
+        "timer",
+    )
+
+    def __init__(self, sock: _UDPSocket, qid: int, question_lc: bytes, fut: asyncio.Future[bytes], datagram: bytes,
+                 deadline: float, timeout: float, retransmit: float) -> None:
+        self.sock = sock
         self.qid = qid
         self.question_lc = question_lc
-        self.stats = stats
-        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.fut = fut
+        self.datagram = datagram
+        self.deadline = deadline
+        self.timeout = timeout
+        self.retransmit = retransmit
+        self.resent = 0
+        self.again = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the reply: `retransmit` seconds if the datagram may go again after that (at most
+        MAX_RETRANSMITS times, and only while the try has `retransmit` seconds left after the resend),
+        else the rest of the try."""
+        left = self.deadline - loop.time()
+        r = self.retransmit
+        self.again = r > 0 and self.resent < MAX_RETRANSMITS and left >= 2 * r
+        self.timer = loop.call_later(r if self.again else max(0.0, left), self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        if self.fut.done():
+            return
+        sock = self.sock
+        if not self.again:
+            pool = sock.pool
+            self.fut.set_exception(UpstreamTimeout(f"{pool.label} did not answer in {self.timeout:.2f}s"))
+            return
+        # The same datagram (same socket, same ID): a reply to either copy matches.
+        if sock.transport is None or sock.closed:
+            return  # closed under it (and so failed already)
+        sock.transport.sendto(self.datagram)
+        self.resent += 1
+        sock.pool.stats.retransmit(sock.pool.label, "udp")
+        if not self.fut.done():  # a send error (ICMP reported on the socket) fails it at once
+            self.arm(asyncio.get_running_loop())
+
+    def finish(self) -> None:
+        """Forget it on its socket (its ID is free again) and stop its timer; idempotent.
+
+        Still waiting here means it ended without its reply (timed out, failed, or given up by its caller):
+        the ID is remembered as late, so that the reply, if it comes after all, is not taken for a spoof.
+        """
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        sock = self.sock
+        pending = sock.pending
+        if pending.get(self.qid) is self:
+            del pending[self.qid]
+            sock.late[self.qid] = self.question_lc
+            if sock.retired and not pending:
+                sock.close()
+
+
+class _UDPSocket(asyncio.DatagramProtocol):
+    """One connected UDP socket of a UDPPool: a source port the kernel picked at random, many queries at once.
+
+    Connected, so the kernel hands it only datagrams from the server's address and port, and reports the
+    server's ICMP errors on it; the source is compared again all the same (two string and int compares).
+    """
+
+    def __init__(self, pool: UDPPool, expires: float) -> None:
+        self.pool = pool
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, _UDPQuery] = {}
+        self.left = pool.max_queries  # queries it may still carry before it is replaced
+        self.expires = expires  # loop time after which it carries no new query
+        self.retired = False  # carries no new query; closed once its pending ones are done
+        self.closed = False
+        # IDs of queries that ended without their reply or were sent twice, with their questions: a reply
+        # to one arriving late (or the second reply to a resent query) is dropped, not counted as spoofed.
+        # At most one per query the socket carries (max_queries); gone with the socket.
+        self.late: dict[int, bytes] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport is not a subclass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.reply.done():
-            return
-        if (addr[0], addr[1]) != self.peer or not reply_matches(data, self.qid, self.question_lc):
-            self.stats.spoofed += 1
-            return
-        self.reply.set_result(data)
+        pool = self.pool
+        # The kernel delivers only the server's datagrams to a connected socket; the source is compared
+        # again all the same (None: an address the event loop could not convert, from the kernel's check).
+        if len(data) >= wire.HEADER_LEN and (addr is None or (addr[1] == pool.port and addr[0] == pool.host)):
+            qid = data[0] << 8 | data[1]
+            q = self.pending.get(qid)
+            if q is not None and reply_matches(data, qid, q.question_lc):
+                del self.pending[qid]
+                timer = q.timer
+                if timer is not None:
+                    timer.cancel()
+                    q.timer = None
+                if not q.fut.done():
+                    q.fut.set_result(data)
+                if q.resent:
+                    self.late[qid] = q.question_lc  # the reply to the other copy may follow
+                if self.retired and not self.pending:
+                    self.close()
+                return
+            asked = self.late.get(qid)
+            if asked is not None and reply_matches(data, qid, asked):
+                return  # a late or second reply to one of our own queries, which has ended: not a spoof
+        pool.stats.spoofed += 1
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: fail this try now rather than at the timeout.
-        if not self.reply.done():
-            self.reply.set_exception(UpstreamError(f"{self.peer[0]}:{self.peer[1]}: {exc}"))
+        # ICMP port unreachable and friends. A connected socket reports them as an error on the socket,
+        # without saying which datagram drew it: every query waiting on this socket fails its try now
+        # rather than at its timeout (the chain moves on; a server that is down is down for all of them).
+        self._fail_all(UpstreamError(f"{self.pool.label}: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_all(UpstreamError(f"{self.pool.label}: socket closed ({exc or 'closed'})"))
+        self.pool.forget(self)
+
+    def _fail_all(self, err: UpstreamError) -> None:
+        for q in list(self.pending.values()):
+            if not q.fut.done():
+                q.fut.set_exception(err)
+
+    def close(self) -> None:
+        """No new query; those still waiting fail now (a retired socket is closed only once drained)."""
+        self.retired = True
+        self.pool.draining.discard(self)
+        if not self.closed:
+            self.closed = True
+            self._fail_all(UpstreamError(f"{self.pool.label}: socket closed"))
+            if self.transport is not None:
+                self.transport.close()
 
 
-async def udp_exchange(peer: Address, query: bytes, qid: int, question_lc: bytes, timeout: float,
-                       stats: ResolveStats, retransmit: float = 0.0) -> bytes:
-    """Send `query` from a new socket on a kernel-chosen random port; return the matching reply.
+class UDPPool:
+    """Up to `size` connected UDP sockets to one server, each carrying many queries told apart by ID.
 
-    With `retransmit`, the same datagram (same ID, same socket: a reply to either copy matches) goes out
-    again after that many seconds without a reply, at most MAX_RETRANSMITS times, and only while the try
-    has `retransmit` seconds left after it: one lost datagram then costs `retransmit`, not the whole try.
+    Spoofing protection (RFC 5452 §9.1, §9.2) is that of a socket per query, at a fraction of its cost
+    (a socket, a connect, a poll registration and a close for every query): each socket's source port is
+    a random one the kernel picks (an unprivileged bind to port 0), each query takes a socket at random
+    and a random ID no other query waiting on that socket has, and every reply is checked (source, ID, QR,
+    question) before it is believed; an ID unknown on the socket, or a reply that fails the checks, is
+    dropped and counted as spoofed, and the query keeps waiting for the real one. So that the source ports
+    keep changing (RFC 5452 §9.2: the port is the other 16 bits an attacker must guess), a socket is
+    replaced after it has carried `max_queries` queries or lived `max_age` seconds: it takes no new query
+    and closes once the ones waiting on it are answered or timed out.
     """
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(
-        lambda: _OneShot(peer, qid, question_lc, stats), remote_addr=peer
-    )
-    deadline = loop.time() + timeout
-    try:
-        transport.sendto(query)
-        resent = 0
-        while True:
-            left = deadline - loop.time()
-            again = retransmit > 0 and resent < MAX_RETRANSMITS and left >= 2 * retransmit
-            await asyncio.wait((proto.reply,), timeout=retransmit if again else max(0.0, left))
-            if proto.reply.done():
-                return proto.reply.result()
-            if not again:
-                raise UpstreamTimeout(f"{peer[0]}:{peer[1]} did not answer in {timeout:.2f}s")
-            transport.sendto(query)
-            resent += 1
-            stats.retransmit(format_hostport(peer), "udp")
-    finally:
-        transport.close()
+
+    def __init__(self, peer: Address, size: int, stats: ResolveStats, max_queries: int = UDP_SOCKET_QUERIES,
+                 max_age: float = UDP_SOCKET_AGE) -> None:
+        self.peer = peer
+        self.host, self.port = peer
+        self.label = format_hostport(peer)
+        self.size = size
+        self.stats = stats
+        self.max_queries = max_queries
+        self.max_age = max_age
+        self.slots: list[_UDPSocket | None] = [None] * size  # sockets taking new queries
+        self.draining: set[_UDPSocket] = set()  # retired ones still waiting for replies
+        self.opening: dict[int, asyncio.Task[_UDPSocket]] = {}  # slot -> its socket being opened
+
+    def forget(self, sock: _UDPSocket) -> None:
+        self.draining.discard(sock)
+        for i, s in enumerate(self.slots):
+            if s is sock:
+                self.slots[i] = None
+
+    async def exchange(self, query: bytes, question_lc: bytes, timeout: float, retransmit: float = 0.0) -> bytes:
+        """Send `query` (its ID replaced by one free on the socket it takes); return the matching reply.
+
+        With `retransmit`, the same datagram goes again after that many seconds without a reply, at most
+        MAX_RETRANSMITS times, and only while the try has `retransmit` seconds left after it: one lost
+        datagram then costs `retransmit`, not the whole try. An ICMP error on the socket fails it at once.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + timeout
+        # One draw from the system CSPRNG gives both the socket (high bits) and the ID (low 16).
+        r = secrets.randbits(32)
+        i = (r >> 16) % self.size
+        sock = self.slots[i]
+        if sock is None or sock.left <= 0 or now >= sock.expires or sock.closed:
+            if sock is not None:
+                self._retire(i, sock)
+            sock = await self._open(i, timeout)
+        pending = sock.pending
+        qid = r & 0xFFFF
+        while qid in pending:
+            qid = secrets.randbits(16)
+        sock.left -= 1
+        datagram = _U16.pack(qid) + query[2:]
+        q = _UDPQuery(sock, qid, question_lc, loop.create_future(), datagram, deadline, timeout, retransmit)
+        pending[qid] = q
+        try:
+            assert sock.transport is not None
+            sock.transport.sendto(datagram)
+            if not q.fut.done():  # a send error (an earlier ICMP on the socket) has failed it already
+                q.arm(loop)
+            return await q.fut
+        finally:
+            q.finish()
+
+    def _retire(self, i: int, sock: _UDPSocket) -> None:
+        """Take `sock` out of slot `i`: no new query; closed now if nothing waits on it, else when drained."""
+        if self.slots[i] is sock:
+            self.slots[i] = None
+        sock.retired = True
+        if sock.pending:
+            self.draining.add(sock)
+        else:
+            sock.close()
+
+    async def _open(self, i: int, timeout: float) -> _UDPSocket:
+        """The socket for slot `i`, opened now (queries that want the same slot meanwhile share it)."""
+        task = self.opening.get(i)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(i, timeout))
+            self.opening[i] = task
+            task.add_done_callback(functools.partial(self._opened, i))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # The pool was closed while the socket was being opened; this query was not cancelled.
+                raise UpstreamError(f"{self.label}: closed while opening a UDP socket") from None
+            raise
+
+    def _opened(self, i: int, task: asyncio.Task[_UDPSocket]) -> None:
+        if self.opening.get(i) is task:
+            del self.opening[i]
+        if not task.cancelled():
+            task.exception()  # each waiter gets it too; retrieved here in case every waiter gave up
+
+    async def _connect(self, i: int, timeout: float) -> _UDPSocket:
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + self.max_age
+        try:
+            async with asyncio.timeout(timeout):
+                # Unbound: the kernel picks the source port at random from its ephemeral range.
+                _t, sock = await loop.create_datagram_endpoint(lambda: _UDPSocket(self, expires),
+                                                               remote_addr=self.peer)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{self.label}: UDP socket not ready in {timeout:.2f}s") from None
+        except OSError as e:
+            raise UpstreamError(f"{self.label}: UDP socket: {e.strerror or e}") from None
+        old = self.slots[i]
+        if old is not None:
+            self._retire(i, old)
+        self.slots[i] = sock
+        return sock
+
+    def close(self) -> None:
+        """Close every socket (queries waiting on them fail); the pool opens new ones if used again."""
+        for t in list(self.opening.values()):
+            t.cancel()
+        self.opening.clear()
+        for s in [*self.slots, *self.draining]:
+            if s is not None:
+                s.close()
+        self.slots = [None] * self.size
+        self.draining.clear()
 
 
 class _TCPConn(asyncio.Protocol):

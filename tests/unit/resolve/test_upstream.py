@@ -1,8 +1,9 @@
-"""nodelocal.resolve.upstream: reply validation, one-shot UDP and the pooled, pipelined TCP client."""
+"""nodelocal.resolve.upstream: reply validation, the pooled UDP sockets and the pooled, pipelined TCP client."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from nodelocal import UpstreamError, UpstreamTimeout
 from nodelocal.config import UpstreamGroup
 from nodelocal.dns import wire
 from nodelocal.resolve.metrics import ResolveStats
-from nodelocal.resolve.upstream import ConnectionLost, TCPPool, _OneShot, reply_matches, udp_exchange
+from nodelocal.resolve.upstream import ConnectionLost, TCPPool, UDPPool, _UDPQuery, _UDPSocket, reply_matches
 from tests.fakedns import DROP, SPOOF, FakeDNS, free_port
 
 T = TypeVar("T")
@@ -130,7 +131,7 @@ def test_reply_to_an_https_query_matches() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# udp_exchange
+# UDPPool: one query at a time
 
 
 @pytest.fixture
@@ -140,11 +141,21 @@ def fake() -> Iterator[FakeDNS]:
         yield f
 
 
+async def udp_once(peer: tuple[str, int], stats: ResolveStats, timeout: float = 2.0, retransmit: float = 0.0,
+                   name: str = NAME) -> bytes:
+    """One exchange through a pool of its own (closed after)."""
+    pool = UDPPool(peer, 1, stats)
+    try:
+        return await pool.exchange(query(0, name), question(name).lower(), timeout, retransmit)
+    finally:
+        pool.close()
+
+
 def test_udp_exchange_returns_the_reply(fake: FakeDNS) -> None:
     stats = ResolveStats()
-    r = run(lambda: udp_exchange(("127.0.0.1", fake.port), query(777), 777, question().lower(), 2.0, stats))
+    r = run(lambda: udp_once(("127.0.0.1", fake.port), stats))
     msg = dns.message.from_wire(r)
-    assert msg.id == 777 and str(msg.answer[0][0]) == "192.0.2.1"
+    assert qname_of(r) == NAME + "." and str(msg.answer[0][0]) == "192.0.2.1"
     assert stats.spoofed == 0
 
 
@@ -152,9 +163,8 @@ def test_udp_exchange_ignores_spoofed_replies_and_takes_the_real_one(fake: FakeD
     """The fake sends a reply with a wrong ID, then one for another question, then the real one."""
     fake.behaviour[NAME + "."] = SPOOF
     stats = ResolveStats()
-    r = run(lambda: udp_exchange(("127.0.0.1", fake.port), query(4321), 4321, question().lower(), 2.0, stats))
+    r = run(lambda: udp_once(("127.0.0.1", fake.port), stats))
     msg = dns.message.from_wire(r)
-    assert msg.id == 4321
     assert qname_of(r) == NAME + "."
     assert str(msg.answer[0][0]) == "192.0.2.1"  # not the spoofer's 6.6.6.6
     assert stats.spoofed == 2
@@ -164,13 +174,13 @@ def test_udp_exchange_times_out(fake: FakeDNS) -> None:
     fake.behaviour[NAME + "."] = DROP
     stats = ResolveStats()
     with pytest.raises(UpstreamTimeout):
-        run(lambda: udp_exchange(("127.0.0.1", fake.port), query(1), 1, question().lower(), 0.2, stats))
+        run(lambda: udp_once(("127.0.0.1", fake.port), stats, 0.2))
     assert fake.count(NAME) == 1
 
 
 def test_udp_exchange_port_unreachable_is_an_error_not_a_timeout() -> None:
     with pytest.raises(UpstreamError) as e:
-        run(lambda: udp_exchange(("127.0.0.1", free_port()), query(1), 1, question().lower(), 3.0, ResolveStats()))
+        run(lambda: udp_once(("127.0.0.1", free_port()), ResolveStats(), 3.0))
     assert not isinstance(e.value, UpstreamTimeout)
 
 
@@ -180,6 +190,7 @@ class _Responder(asyncio.DatagramProtocol):
     def __init__(self, respond: Callable[[bytes], list[bytes]]) -> None:
         self.respond = respond
         self.sources: list[Any] = []
+        self.queries: list[bytes] = []
         self.relay: asyncio.DatagramTransport | None = None  # send replies from this socket instead
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,6 +198,7 @@ class _Responder(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.sources.append(addr)
+        self.queries.append(data)
         if self.relay is not None:
             self.relay.sendto(reply_to(data), addr)
         for out in self.respond(data):
@@ -209,7 +221,7 @@ def test_udp_exchange_only_spoofed_replies_is_a_timeout() -> None:
     async def go() -> None:
         t, _p = await _responder(wrong)
         try:
-            await udp_exchange(t.get_extra_info("sockname"), query(99), 99, question().lower(), 0.3, stats)
+            await udp_once(t.get_extra_info("sockname"), stats, 0.3)
         finally:
             t.close()
 
@@ -228,7 +240,7 @@ def test_udp_exchange_ignores_a_reply_from_another_address() -> None:
         t, p = await _responder(lambda q: [])
         p.relay = other  # replies leave from `other`, not from the address the query went to
         try:
-            await udp_exchange(t.get_extra_info("sockname"), query(7), 7, question().lower(), 0.3, stats)
+            await udp_once(t.get_extra_info("sockname"), stats, 0.3)
         finally:
             t.close()
             other.close()
@@ -237,44 +249,237 @@ def test_udp_exchange_ignores_a_reply_from_another_address() -> None:
         run(go)
 
 
-def test_udp_exchange_uses_a_fresh_port_each_time() -> None:
-    async def go() -> list[Any]:
-        t, p = await _responder(lambda q: [reply_to(q)])
-        try:
-            for i in range(3):
-                await udp_exchange(t.get_extra_info("sockname"), query(i), i, question().lower(), 2.0, ResolveStats())
-            return p.sources
-        finally:
-            t.close()
-
-    sources = run(go)
-    assert len({port for _h, port in sources}) == 3
-
-
-def one_shot_sees(peer: tuple[str, int], source: tuple[Any, ...]) -> tuple[bool, int]:
-    """Hand a genuine reply, as if from `source`, to udp_exchange's protocol for `peer` (no socket involved)."""
+def udp_socket_sees(peer: tuple[str, int], source: tuple[Any, ...]) -> tuple[bool, int]:
+    """Hand a genuine reply, as if from `source`, to a pooled socket's protocol for `peer` (no socket involved)."""
 
     async def go() -> tuple[bool, int]:
         stats = ResolveStats()
-        p = _OneShot(peer, QID, question().lower(), stats)
-        p.datagram_received(make_reply(), source)
-        return p.reply.done(), stats.spoofed
+        sock = _UDPSocket(UDPPool(peer, 1, stats), float("inf"))
+        fut = asyncio.get_running_loop().create_future()
+        sock.pending[QID] = _UDPQuery(sock, QID, question().lower(), fut, b"", float("inf"), 1.0, 0.0)
+        sock.datagram_received(make_reply(), source)
+        return fut.done(), stats.spoofed
 
     return asyncio.run(go())
 
 
 def test_udp_reply_source_is_checked() -> None:
-    assert one_shot_sees(("127.0.0.1", 5353), ("127.0.0.1", 5353)) == (True, 0)
-    assert one_shot_sees(("127.0.0.1", 5353), ("127.0.0.2", 5353)) == (False, 1)
-    assert one_shot_sees(("127.0.0.1", 5353), ("127.0.0.1", 5354)) == (False, 1)
-    assert one_shot_sees(("fd00::53", 53), ("fd00::53", 53, 0, 0)) == (True, 0)  # IPv6: a 4-tuple
+    assert udp_socket_sees(("127.0.0.1", 5353), ("127.0.0.1", 5353)) == (True, 0)
+    assert udp_socket_sees(("127.0.0.1", 5353), ("127.0.0.2", 5353)) == (False, 1)
+    assert udp_socket_sees(("127.0.0.1", 5353), ("127.0.0.1", 5354)) == (False, 1)
+    assert udp_socket_sees(("fd00::53", 53), ("fd00::53", 53, 0, 0)) == (True, 0)  # IPv6: a 4-tuple
 
 
 @pytest.mark.parametrize("written", ["FD00::53", "fd00:0:0::53", "fd00:0000::0053"])
 def test_udp_reply_from_an_ipv6_upstream_written_another_way_is_accepted(written: str) -> None:
     # The config hands the forwarder canonical addresses, the form the kernel reports a reply's source in.
     (peer,) = UpstreamGroup(servers=(f"[{written}]:53",)).addresses()
-    assert one_shot_sees(peer, ("fd00::53", 53, 0, 0)) == (True, 0)
+    assert udp_socket_sees(peer, ("fd00::53", 53, 0, 0)) == (True, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# UDPPool: many queries on a few sockets
+
+
+def qid_of(msg: bytes) -> int:
+    return msg[0] << 8 | msg[1]
+
+
+def udp_pool_test(body: Callable[[_Responder, UDPPool, ResolveStats], Awaitable[T]], size: int = 4,
+                  respond: Callable[[bytes], list[bytes]] = lambda q: [], **kw: Any) -> T:
+    """Run `body` against a scripted UDP upstream (answering per `respond`) and a pool of `size` sockets."""
+    async def go() -> T:
+        t, up = await _responder(respond)
+        stats = ResolveStats()
+        pool = UDPPool(t.get_extra_info("sockname"), size, stats, **kw)
+        try:
+            return await body(up, pool, stats)
+        finally:
+            pool.close()
+            t.close()
+            await asyncio.sleep(0)
+
+    return asyncio.run(go())
+
+
+def udp_ask(pool: UDPPool, name: str = NAME, timeout: float = 5.0, retransmit: float = 0.0) -> asyncio.Task[bytes]:
+    return asyncio.get_running_loop().create_task(pool.exchange(query(0, name), question(name).lower(), timeout,
+                                                                retransmit))
+
+
+def fixed_draws(monkeypatch: pytest.MonkeyPatch, first: list[int]) -> None:
+    """secrets.randbits as the pool sees it: the values in `first`, then the real thing."""
+    real = secrets.randbits
+    queue = list(first)
+    monkeypatch.setattr(secrets, "randbits", lambda k: queue.pop(0) if queue else real(k))
+
+
+def test_udp_ids_are_unique_among_a_sockets_pending_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The draws keep saying ID 0x0101: the second and third query on the socket draw again until theirs is free."""
+    fixed_draws(monkeypatch, [0x0101, 0x0101, 0x0101, 0x0202, 0x0101, 0x0101, 0x0303])
+
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        names = [f"q{i}.example.test" for i in range(3)]
+        tasks = [udp_ask(pool, n) for n in names]
+        await until(lambda: len(up.queries) == 3)
+        assert [qid_of(m) for m in up.queries] == [0x0101, 0x0202, 0x0303]
+        assert len({s for s in up.sources}) == 1  # one socket carried them all
+        for m in up.queries:
+            up.t.sendto(reply_to(m), up.sources[0])
+        got = await asyncio.gather(*tasks)
+        assert [qname_of(r) for r in got] == [n + "." for n in names]
+        # Many at once: every ID in flight on a socket is distinct.
+        monkeypatch.undo()
+        tasks = [udp_ask(pool, f"m{i}.example.test") for i in range(200)]
+        await until(lambda: len(up.queries) == 203)
+        per_socket: dict[Any, list[int]] = {}
+        for src, m in zip(up.sources[3:], up.queries[3:], strict=True):
+            per_socket.setdefault(src, []).append(qid_of(m))
+        assert all(len(ids) == len(set(ids)) for ids in per_socket.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(s is None or not s.pending for s in pool.slots)
+
+    udp_pool_test(body, size=1)
+
+
+def test_udp_replies_matched_across_sockets_out_of_order() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        names = [f"q{i}.example.test" for i in range(24)]
+        tasks = [udp_ask(pool, n) for n in names]
+        await until(lambda: len(up.queries) == len(names))
+        assert len(set(up.sources)) > 1  # taken at random: 24 queries did not all pick one of 4 sockets
+        assert len(set(up.sources)) <= 4
+        for m, src in reversed(list(zip(up.queries, up.sources, strict=True))):  # answered last first
+            up.t.sendto(reply_to(m), src)
+        got = await asyncio.gather(*tasks)
+        assert [qname_of(r) for r in got] == [n + "." for n in names]
+        assert stats.spoofed == 0
+
+    udp_pool_test(body, size=4)
+
+
+def test_udp_spoofed_replies_counted_while_the_real_one_is_still_taken() -> None:
+    """Before the real reply: one with an ID not in flight on the socket, one with the right ID for another
+    question. Both are dropped and counted; the query still gets the real one."""
+    def spoof_then_answer(q: bytes) -> list[bytes]:
+        good = reply_to(q)
+        wrong_id = bytes([good[0] ^ 0x80]) + good[1:]
+        wrong_question = reply_to(query(qid_of(q), "evil.example.test"), ip="6.6.6.6")
+        return [wrong_id, wrong_question, good]
+
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        r = await udp_ask(pool)
+        assert qname_of(r) == NAME + "."
+        assert str(dns.message.from_wire(r).answer[0][0]) == "192.0.2.1"
+        assert stats.spoofed == 2
+
+    udp_pool_test(body, size=2, respond=spoof_then_answer)
+
+
+def test_udp_socket_replaced_after_max_queries_with_a_new_port() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        for i in range(7):
+            assert qname_of(await udp_ask(pool, f"q{i}.example.test")) == f"q{i}.example.test."
+        ports = [port for _h, port in up.sources]
+        assert ports[0] == ports[1] == ports[2]
+        assert ports[3] == ports[4] == ports[5]
+        assert len({ports[0], ports[3], ports[6]}) == 3  # a new socket, a new source port, each time
+        await asyncio.sleep(0)
+        assert not pool.draining  # the replaced ones had nothing waiting: closed at once
+
+    udp_pool_test(body, size=1, respond=lambda q: [reply_to(q)], max_queries=3)
+
+
+def test_udp_socket_replaced_once_too_old() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        for i in range(3):
+            await udp_ask(pool, f"q{i}.example.test")
+        assert len({port for _h, port in up.sources}) == 3
+
+    udp_pool_test(body, size=1, respond=lambda q: [reply_to(q)], max_age=0.0)
+
+
+def test_udp_replaced_socket_stays_open_for_its_pending_queries() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        a = udp_ask(pool, "a.example.test")
+        await until(lambda: len(up.queries) == 1)
+        (old,) = pool.slots
+        assert old is not None
+        b = udp_ask(pool, "b.example.test")  # the socket has carried its one query: b takes a new one
+        await until(lambda: len(up.queries) == 2)
+        assert up.sources[0] != up.sources[1]
+        assert pool.draining == {old} and not old.closed
+        for m, src in zip(up.queries, up.sources, strict=True):
+            up.t.sendto(reply_to(m), src)
+        assert qname_of(await a) == "a.example.test."  # answered on the old socket, to its port
+        assert qname_of(await b) == "b.example.test."
+        assert old.closed and not pool.draining  # closed once its last query was answered
+
+    udp_pool_test(body, size=1, max_queries=1)
+
+
+def test_udp_timeout_frees_the_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same draw twice: the second query gets the ID the first had, once the first timed out. The first
+    one's reply, arriving late, is dropped without being taken for a spoof."""
+    fixed_draws(monkeypatch, [0x4242, 0x4242])
+
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        with pytest.raises(UpstreamTimeout):
+            await udp_ask(pool, "late.example.test", timeout=0.1)
+        (sock,) = pool.slots
+        assert sock is not None and sock.pending == {}
+        up.t.sendto(reply_to(up.queries[0]), up.sources[0])  # the late reply
+        second = udp_ask(pool, "next.example.test")
+        await until(lambda: len(up.queries) == 2)
+        assert [qid_of(m) for m in up.queries] == [0x4242, 0x4242]
+        up.t.sendto(reply_to(up.queries[1]), up.sources[1])
+        assert qname_of(await second) == "next.example.test."
+        assert stats.spoofed == 0
+
+    udp_pool_test(body, size=1)
+
+
+def test_udp_port_unreachable_fails_the_queries_on_that_socket_at_once() -> None:
+    async def go() -> list[BaseException | bytes]:
+        pool = UDPPool(("127.0.0.1", free_port()), 1, ResolveStats())
+        try:
+            tasks = [udp_ask(pool, f"q{i}.example.test", timeout=30.0) for i in range(3)]
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            pool.close()
+
+    got = run(go)
+    # Failed by the ICMP error, not by their 30 s timeout (which the test would not wait out).
+    assert all(isinstance(e, UpstreamError) and not isinstance(e, UpstreamTimeout) for e in got)
+
+
+def test_udp_pool_close_fails_the_waiting_queries_and_reopens_on_use() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        a = udp_ask(pool)
+        await until(lambda: len(up.queries) == 1)
+        pool.close()
+        with pytest.raises(UpstreamError):
+            await a
+        up.respond = lambda q: [reply_to(q)]
+        assert qname_of(await udp_ask(pool)) == NAME + "."
+        assert up.sources[0] != up.sources[1]
+
+    udp_pool_test(body, size=1)
+
+
+def test_udp_pool_closed_while_its_socket_opens_fails_the_query_not_cancels_it() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        a = udp_ask(pool)
+        await asyncio.sleep(0)  # the query waits for its socket to open
+        assert pool.opening
+        pool.close()
+        with pytest.raises(UpstreamError):
+            await a
+        assert not a.cancelled()
+
+    udp_pool_test(body, size=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -565,14 +770,34 @@ def test_udp_exchange_retransmits_the_same_datagram_after_a_silence() -> None:
         t, p = await _responder(drop_first())
         peer = t.get_extra_info("sockname")
         try:
-            return await udp_exchange(peer, query(4242), 4242, question().lower(), 3.0, stats, retransmit=0.1), p, peer
+            return await udp_once(peer, stats, 3.0, retransmit=0.1), p, peer
         finally:
             t.close()
 
     r, p, peer = run(go)
-    assert dns.message.from_wire(r).id == 4242
+    assert qname_of(r) == NAME + "."
     assert len(p.sources) == 2 and p.sources[0] == p.sources[1]  # again from the same socket
+    assert p.queries[0] == p.queries[1]  # the same datagram: the same ID
+    assert qid_of(r) == qid_of(p.queries[0])
     assert stats.retransmits == {(f"{peer[0]}:{peer[1]}", "udp"): 1}
+    assert stats.spoofed == 0
+
+
+def test_udp_second_reply_to_a_resent_query_is_not_a_spoof() -> None:
+    """Both copies of a resent query answered: the query takes the first reply, the second is dropped quietly."""
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        t = udp_ask(pool, retransmit=0.1)
+        await until(lambda: len(up.queries) == 2)  # the first copy got no reply: resent
+        for m, src in zip(up.queries, up.sources, strict=True):  # now both copies are answered
+            up.t.sendto(reply_to(m), src)
+        assert qname_of(await t) == NAME + "."
+        # One more query on the same socket: its reply comes in after the second one (one socket pair,
+        # in order), so by the time it is answered the second reply has been seen.
+        up.respond = lambda q: [reply_to(q)]
+        assert qname_of(await udp_ask(pool, "after.example.test")) == "after.example.test."
+        assert stats.spoofed == 0
+
+    udp_pool_test(body, size=1)
 
 
 @pytest.mark.parametrize(("timeout", "sends"), [(0.15, 1), (0.25, 2), (0.6, 3)])
@@ -584,8 +809,7 @@ def test_udp_retransmits_leave_as_long_again_for_the_reply_and_stop_at_two(timeo
         t, p = await _responder(lambda q: [])
         try:
             with pytest.raises(UpstreamTimeout):
-                await udp_exchange(t.get_extra_info("sockname"), query(1), 1, question().lower(), timeout, stats,
-                                   retransmit=0.1)
+                await udp_once(t.get_extra_info("sockname"), stats, timeout, retransmit=0.1)
             return p
         finally:
             t.close()
