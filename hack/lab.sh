@@ -46,7 +46,8 @@
 #
 # Environment: LAB_PREFIX (nl-lab), LAB_STATE (/run/nodelocal-lab), LAB_BACKEND (auto | nft | iptables-nft
 # | iptables-legacy), LAB_KUBE_PROXY (iptables-nft | iptables-legacy: where the fake kube-proxy writes),
-# LAB_SYNC_INTERVAL (60), LAB_AGENT (1; 0 = up without the agent), LAB_QUIET (0; 1 = no demo queries).
+# LAB_SYNC_INTERVAL (60), LAB_AGENT (1; 0 = up without the agent), LAB_QUIET (0; 1 = no demo queries),
+# LAB_NODELOCAL (.venv/bin/nodelocal: the agent binary to run, e.g. another version's, for a comparison).
 # Needs root and hack/setup.sh (dnsmasq, dig, nft, iptables, conntrack, ipset).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -182,7 +183,7 @@ agent_start() {
   [ -f "$STATE/agent.log" ] && from=$(($(wc -l <"$STATE/agent.log") + 1))
   : >>"$STATE/agent.log"  # exists before the first look at it below
   # setsid: the agent outlives this script; `ip netns exec` execs, so $! is the agent itself.
-  setsid ip netns exec "$(ns node)" "$ROOT/.venv/bin/nodelocal" serve --config "$STATE/agent.yaml" "$@" \
+  setsid ip netns exec "$(ns node)" "${LAB_NODELOCAL:-$ROOT/.venv/bin/nodelocal}" serve --config "$STATE/agent.yaml" "$@" \
     >>"$STATE/agent.log" 2>&1 </dev/null &
   echo $! >"$STATE/agent.pid"
   local i
