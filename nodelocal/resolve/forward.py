@@ -174,6 +174,8 @@ class Group:
 
     def order(self) -> Sequence[Server]:
         servers = self._policy_order()
+        if len(servers) < 2:
+            return servers  # one server is tried whether it is up or down
         up = [s for s in servers if not s.down]
         # Down servers are skipped while one is up; when all are down every one is tried all the same.
         return up if up and len(up) < len(servers) else servers
@@ -213,17 +215,25 @@ class Chain:
         first = next((g for g in self.groups if g.servers), None)
         return first is not None and any(s.down for s in first.servers)
 
-    async def forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> Reply | None:
-        """The first acceptable reply, else the last SERVFAIL/REFUSED seen, else None (all failed)."""
-        reply = await self._forward(question, rd, cd, do)
+    async def forward(self, question: bytes, rd: bool, cd: bool, do: bool,
+                      question_lc: bytes | None = None) -> Reply | None:
+        """The first acceptable reply, else the last SERVFAIL/REFUSED seen, else None (all failed).
+
+        `question_lc` is `question` with its name lowercased (type and class as they are), if the caller
+        has it already (the resolver's cache key starts with it); each try's reply is matched against it.
+        """
+        reply = await self._forward(question, rd, cd, do, question_lc)
         if reply is None:
             self.stats.healthcheck_broken += 1  # no upstream of the zone replied at all
         self.last_failed = reply is None or reply[1].rcode in FAILURE_RCODES
         return reply
 
-    async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool) -> Reply | None:
+    async def _forward(self, question: bytes, rd: bool, cd: bool, do: bool, question_lc: bytes | None) -> Reply | None:
+        # Built once per forward, shared by every try: the query (each transport puts its own ID in) and
+        # the question its replies must carry.
         query = wire.build_query(0, question, rd, cd, do, wire.EDNS_PAYLOAD)
-        question_lc = question[:-4].lower() + question[-4:]  # the name lowercased; type and class as they are
+        if question_lc is None:
+            question_lc = question[:-4].lower() + question[-4:]  # the name lowercased; type and class as they are
         deadline = self.now() + self.query_timeout
         last: Reply | None = None
         tried_before = False

@@ -1,8 +1,9 @@
 """The full query pipeline: every query the UDP fast path does not answer, and every TCP query.
 
 The order of the steps in Resolver.answer is the pipeline; it lives in this one place. Beside it, the
-two ways an entry is refreshed: on a miss (_start/_fill, which every identical query joins), and before
-it expires (prefetch_due, run a few times a second by the agent).
+two ways an entry is refreshed: on a miss (_fill, which every identical query joins; run in the first
+client's own task when there is no stale answer to fall back on, else in a task of its own by _start),
+and before it expires (prefetch_due, run a few times a second by the agent).
 
 Serve-stale (RFC 8767), per zone: an expired entry stays in the store for the zone's `serve_stale`
 seconds. A miss that finds one starts the refresh as usual and waits at most `stale_client_timeout`
@@ -147,16 +148,19 @@ class Resolver:
         else:
             limit = max(512, min(opt.payload, self.max_udp))
 
-        # 6. The cache (the UDP fast path already looked, but not for TCP or unusual layouts).
+        # 6. The cache (the UDP fast path already looked, but not for TCP or unusual layouts). A key the
+        #    index does not hold at all (the usual miss) is neither live nor stale: one lookup says so.
         now = self.now()
-        hit = self.store.get(key, now)
+        store = self.store
+        held = key in store.index
+        hit = store.get(key, now) if held else None
         if hit is not None:
             # 8. Render for this client: its ID, its spelling of the name, its EDNS, TC if too big.
             return hit.render(query, qend, limit, opt is not None, now)
         # 7. Route by zone; an expired entry still in the zone's stale window may answer (RFC 8767).
         route = self.router.match(labels_of_wire(key))
         self.misses[route.name] += 1
-        old = self.store.get_stale(key, now)
+        old = store.get_stale(key, now) if held else None
         entry: Entry
         if old is not None and self.recheck.get(key, 0.0) > now:
             # 7a. Failure recheck: this name's refresh failed moments ago; answer stale, ask nobody.
@@ -165,17 +169,28 @@ class Resolver:
             # 7b. Join an identical query in flight or start one (bounded: past the bound, a stale answer
             #     still beats REFUSED).
             fut = self.inflight.get(key)
+            inline = False
             if fut is not None:
                 self.stats.coalesced += 1
             elif len(self.inflight) >= self.max_concurrent:
                 self.stats.concurrency_rejects += 1
                 if old is None:
                     return wire.error_reply(query, wire.REFUSED, qend)
+            elif old is None:
+                # Nothing to fall back on: this client waits for the whole refresh anyway, so the refresh
+                # runs in its task rather than in a task of its own (a task, a shield and their callbacks
+                # fewer per miss); identical queries meanwhile join it through `fut` as usual.
+                fut = asyncio.get_running_loop().create_future()
+                self.inflight[key] = fut
+                inline = True
             else:
                 fut = self._start(key, query[wire.HEADER_LEN:qend], rd, cd, do, route)
             if fut is None:
                 assert old is not None
                 entry, stale = old, True
+            elif inline:
+                await self._fill(key, query[wire.HEADER_LEN:qend], rd, cd, do, route, fut)
+                entry, stale = fut.result()
             elif old is None:
                 entry, stale = await asyncio.shield(fut)
             else:
@@ -214,7 +229,8 @@ class Resolver:
         """
         out: Outcome | None = None
         try:
-            reply = await route.chain.forward(question, rd, cd, do)
+            # The key starts with the question, name lowercased: the transports match replies against it.
+            reply = await route.chain.forward(question, rd, cd, do, key[: len(question)])
             now = self.now()
             keep = self._usable(key, now)
             if reply is None or reply[1].rcode in FAILURE_RCODES:

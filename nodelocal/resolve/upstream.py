@@ -346,6 +346,15 @@ class UDPPool:
         self.draining.clear()
 
 
+class _Expired(Exception):
+    """A TCP query's try ran out (set on its future by its timer)."""
+
+
+def _expire(fut: asyncio.Future[bytes]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class _TCPConn(asyncio.Protocol):
     """One upstream TCP connection carrying many queries at once, matched to replies by ID."""
 
@@ -525,9 +534,11 @@ class TCPPool:
         conn = await self._pick(timeout, since)
         fut = conn.send(query, question_lc)
         sent = loop.time()
+        # A timer on the reply's future rather than asyncio.wait_for (a waiter future and callbacks a query).
+        timer = loop.call_later(max(0.0, deadline - sent), _expire, fut)
         try:
-            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-        except TimeoutError:
+            return await fut
+        except _Expired:
             conn.abandon(fut)
             # A whole try without a byte back on the connection: stalled (a peer gone without a RST).
             stall = self.stall_timeout
@@ -537,6 +548,8 @@ class TCPPool:
         except asyncio.CancelledError:
             conn.abandon(fut)  # the caller gave up (shutdown, a probe no longer needed): free its ID
             raise
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         for t in list(self.opening):
