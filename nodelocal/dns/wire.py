@@ -7,7 +7,7 @@ dnspython is the oracle these functions are tested against (tests/unit/dns/test_
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nodelocal import WireError
 
@@ -110,8 +110,12 @@ def question_key(buf: bytes, qend: int, suffix: bytes) -> bytes:
     return buf[HEADER_LEN : qend - 4].lower() + buf[qend - 4 : qend] + suffix
 
 
-@dataclass(frozen=True, slots=True)
-class Opt:
+# Opt, Record and Scan are NamedTuples, immutable like the frozen dataclasses they were, but made at a
+# fifth of the cost (a frozen dataclass sets each field through object.__setattr__): an upstream reply
+# makes one Record per record and a Scan on every miss.
+
+
+class Opt(NamedTuple):
     """The client's EDNS0 OPT record (RFC 6891 §6.1.2)."""
 
     payload: int
@@ -119,8 +123,7 @@ class Opt:
     do: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """Where one resource record sits in a message."""
 
     offset: int  # start of the owner name
@@ -133,8 +136,7 @@ class Record:
     section: int  # 0 answer, 1 authority, 2 additional
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
+class Scan(NamedTuple):
     """A response walked end to end: header fields, question bounds, every record."""
 
     qid: int
