@@ -77,6 +77,7 @@ class _UDPQuery:
         "question_lc",
         "resent",
         "retransmit",
+        "rx",
         "sock",
         "timeout",
         "timer",
@@ -95,6 +96,7 @@ class _UDPQuery:
         self.resent = 0
         self.again = False
         self.timer: asyncio.TimerHandle | None = None
+        self.rx = sock.rx  # the socket's replies so far: any more by the timeout and the socket is alive
 
     def arm(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for the reply: `retransmit` seconds if the datagram may go again after that (at most
@@ -112,6 +114,11 @@ class _UDPQuery:
         sock = self.sock
         if not self.again:
             pool = sock.pool
+            if sock.rx == self.rx:
+                # Nothing at all came back on this socket for the whole try: its flow may be the dead end
+                # (behind a Service, a conntrack entry leading to a backend that is gone). A new socket is a
+                # new flow. One lost reply among others answered is no reason.
+                pool.retire(sock)
             self.fut.set_exception(UpstreamTimeout(f"{pool.label} did not answer in {self.timeout:.2f}s"))
             return
         # The same datagram (same socket, same ID): a reply to either copy matches.
@@ -156,6 +163,7 @@ class _UDPSocket(asyncio.DatagramProtocol):
         self.expires = expires  # loop time after which it carries no new query
         self.retired = False  # carries no new query; closed once its pending ones are done
         self.closed = False
+        self.rx = 0  # replies accepted
         # IDs of queries that ended without their reply or were sent twice, with their questions: a reply
         # to one arriving late (or the second reply to a resent query) is dropped, not counted as spoofed.
         # At most one per query the socket carries (max_queries); gone with the socket.
@@ -173,6 +181,7 @@ class _UDPSocket(asyncio.DatagramProtocol):
             q = self.pending.get(qid)
             if q is not None and reply_matches(data, qid, q.question_lc):
                 del self.pending[qid]
+                self.rx += 1
                 timer = q.timer
                 if timer is not None:
                     timer.cancel()
@@ -194,6 +203,7 @@ class _UDPSocket(asyncio.DatagramProtocol):
         # without saying which datagram drew it: every query waiting on this socket fails its try now
         # rather than at its timeout (the chain moves on; a server that is down is down for all of them).
         self._fail_all(UpstreamError(f"{self.pool.label}: {exc}"))
+        self.pool.retire(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -227,7 +237,10 @@ class UDPPool:
     dropped and counted as spoofed, and the query keeps waiting for the real one. So that the source ports
     keep changing (RFC 5452 §9.2: the port is the other 16 bits an attacker must guess), a socket is
     replaced after it has carried `max_queries` queries or lived `max_age` seconds: it takes no new query
-    and closes once the ones waiting on it are answered or timed out.
+    and closes once the ones waiting on it are answered or timed out. A socket that an ICMP error came
+    back on, or on which a query waited its whole try while no reply at all came in, is replaced as well:
+    its flow (behind a Service's ClusterIP, a conntrack entry leading to one backend) may be the dead end,
+    and a new socket is a new flow.
     """
 
     def __init__(self, peer: Address, size: int, stats: ResolveStats, max_queries: int = UDP_SOCKET_QUERIES,
@@ -265,7 +278,7 @@ class UDPPool:
         sock = self.slots[i]
         if sock is None or sock.left <= 0 or now >= sock.expires or sock.closed:
             if sock is not None:
-                self._retire(i, sock)
+                self.retire(sock)
             sock = await self._open(i, timeout)
         pending = sock.pending
         qid = r & 0xFFFF
@@ -284,10 +297,12 @@ class UDPPool:
         finally:
             q.finish()
 
-    def _retire(self, i: int, sock: _UDPSocket) -> None:
-        """Take `sock` out of slot `i`: no new query; closed now if nothing waits on it, else when drained."""
-        if self.slots[i] is sock:
-            self.slots[i] = None
+    def retire(self, sock: _UDPSocket) -> None:
+        """Take `sock` out of its slot: no new query; closed now if nothing waits on it, else when drained."""
+        slots = self.slots
+        for i, s in enumerate(slots):
+            if s is sock:
+                slots[i] = None
         sock.retired = True
         if sock.pending:
             self.draining.add(sock)
@@ -330,7 +345,7 @@ class UDPPool:
             raise UpstreamError(f"{self.label}: UDP socket: {e.strerror or e}") from None
         old = self.slots[i]
         if old is not None:
-            self._retire(i, old)
+            self.retire(old)
         self.slots[i] = sock
         return sock
 

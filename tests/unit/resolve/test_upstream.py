@@ -421,22 +421,41 @@ def test_udp_replaced_socket_stays_open_for_its_pending_queries() -> None:
 
 
 def test_udp_timeout_frees_the_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same draw twice: the second query gets the ID the first had, once the first timed out. The first
-    one's reply, arriving late, is dropped without being taken for a spoof."""
-    fixed_draws(monkeypatch, [0x4242, 0x4242])
+    """Queries a and c draw the same ID on the same socket: c gets it once a has timed out. a's reply,
+    arriving late while c waits under that ID, is dropped without being taken for c's or for a spoof."""
+    fixed_draws(monkeypatch, [0x4242, 0x1111, 0x4242])
 
     async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
-        with pytest.raises(UpstreamTimeout):
-            await udp_ask(pool, "late.example.test", timeout=0.1)
-        (sock,) = pool.slots
-        assert sock is not None and sock.pending == {}
-        up.t.sendto(reply_to(up.queries[0]), up.sources[0])  # the late reply
-        second = udp_ask(pool, "next.example.test")
+        a = udp_ask(pool, "late.example.test", timeout=0.3)
+        await until(lambda: len(up.queries) == 1)
+        b = udp_ask(pool, "b.example.test")
         await until(lambda: len(up.queries) == 2)
-        assert [qid_of(m) for m in up.queries] == [0x4242, 0x4242]
-        up.t.sendto(reply_to(up.queries[1]), up.sources[1])
-        assert qname_of(await second) == "next.example.test."
+        up.t.sendto(reply_to(up.queries[1]), up.sources[1])  # b is answered, a is not
+        assert qname_of(await b) == "b.example.test."
+        with pytest.raises(UpstreamTimeout):
+            await a
+        (sock,) = pool.slots
+        assert sock is not None and sock.pending == {}  # the ID is free again
+        c = udp_ask(pool, "c.example.test")
+        await until(lambda: len(up.queries) == 3)
+        assert [qid_of(m) for m in up.queries] == [0x4242, 0x1111, 0x4242]
+        assert len(set(up.sources)) == 1  # the socket stayed: it was answering
+        up.t.sendto(reply_to(up.queries[0]), up.sources[0])  # a's reply, late
+        up.t.sendto(reply_to(up.queries[2]), up.sources[2])
+        assert qname_of(await c) == "c.example.test."
         assert stats.spoofed == 0
+
+    udp_pool_test(body, size=1)
+
+
+def test_udp_socket_silent_for_a_whole_try_is_replaced() -> None:
+    async def body(up: _Responder, pool: UDPPool, stats: ResolveStats) -> None:
+        with pytest.raises(UpstreamTimeout):
+            await udp_ask(pool, "lost.example.test", timeout=0.2)
+        assert pool.slots == [None]  # nothing came back on it for the whole try: a new flow next time
+        up.respond = lambda q: [reply_to(q)]
+        assert qname_of(await udp_ask(pool)) == NAME + "."
+        assert up.sources[0] != up.sources[1]
 
     udp_pool_test(body, size=1)
 
@@ -453,6 +472,19 @@ def test_udp_port_unreachable_fails_the_queries_on_that_socket_at_once() -> None
     got = run(go)
     # Failed by the ICMP error, not by their 30 s timeout (which the test would not wait out).
     assert all(isinstance(e, UpstreamError) and not isinstance(e, UpstreamTimeout) for e in got)
+
+
+def test_udp_socket_an_icmp_error_came_back_on_is_replaced() -> None:
+    async def go() -> tuple[bool, list[_UDPSocket | None]]:
+        pool = UDPPool(("127.0.0.1", free_port()), 1, ResolveStats())
+        try:
+            with pytest.raises(UpstreamError):
+                await udp_ask(pool, timeout=30.0)
+            return bool(pool.draining), pool.slots
+        finally:
+            pool.close()
+
+    assert run(go) == (False, [None])
 
 
 def test_udp_pool_close_fails_the_waiting_queries_and_reopens_on_use() -> None:
