@@ -70,21 +70,22 @@ class Server:
         loss fails the try, and the chain moves on. `resend=False` (health probes: the next probe is the
         resend) sends once.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        # The loop's clock, from the loop the UDP pool holds (no lookup of the running loop per try).
+        clock = self.udp.loop().time
+        deadline = clock() + timeout
         reply = None
         if self.transport == "udp":
             reply = await self.udp.exchange(query, question_lc, timeout, self.udp_retransmit if resend else 0.0)
             if reply[2] & wire.TC:
                 reply = None
-                timeout = deadline - loop.time()
+                timeout = deadline - clock()
                 if timeout <= 0:
                     raise UpstreamError(f"{self.label}: truncated over UDP and no time left for TCP")
         if reply is None:
             try:
                 reply = await self.tcp.exchange(query, question_lc, timeout)
             except ConnectionLost as e:
-                left = deadline - loop.time()
+                left = deadline - clock()
                 if left <= 0 or not resend:
                     raise
                 log.debug("upstream %s: %s; sending the query again on a new connection", self.label, e)

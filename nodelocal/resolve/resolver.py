@@ -34,6 +34,7 @@ from nodelocal.resolve.forward import FAILURE_RCODES, Chain, Group
 from nodelocal.resolve.loop import LoopGuard
 from nodelocal.resolve.metrics import ResolveStats
 from nodelocal.resolve.router import Router
+from nodelocal.resolve.upstream import LoopRef
 
 log = logging.getLogger("nodelocal.resolve")
 
@@ -105,6 +106,7 @@ class Resolver:
             self.prefetched.setdefault(zname, 0)
         self.router: Router[ZoneRoute] = Router(routes)
         self.inflight: dict[bytes, asyncio.Future[Outcome]] = {}
+        self.loop = LoopRef()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
@@ -180,7 +182,7 @@ class Resolver:
                 # Nothing to fall back on: this client waits for the whole refresh anyway, so the refresh
                 # runs in its task rather than in a task of its own (a task, a shield and their callbacks
                 # fewer per miss); identical queries meanwhile join it through `fut` as usual.
-                fut = asyncio.get_running_loop().create_future()
+                fut = self.loop().create_future()
                 self.inflight[key] = fut
                 inline = True
             else:
@@ -210,7 +212,7 @@ class Resolver:
 
     def _start(self, key: bytes, question: bytes, rd: bool, cd: bool, do: bool,
                route: ZoneRoute) -> asyncio.Future[Outcome]:
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
         self.inflight[key] = fut
         task = loop.create_task(self._fill(key, question, rd, cd, do, route, fut))

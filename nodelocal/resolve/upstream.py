@@ -31,6 +31,26 @@ UDP_SOCKET_QUERIES = 1000  # queries a pooled UDP socket carries before it is re
 UDP_SOCKET_AGE = 60.0  # seconds a pooled UDP socket takes new queries before it is replaced
 
 
+class LoopRef:
+    """The running event loop, looked up once rather than on every query.
+
+    On Python 3.11, asyncio.get_running_loop() makes a getpid() system call each time (its check for a
+    fork); a miss used to make several. The loop found is kept while it runs; a holder used again under
+    another loop (tests run one loop after another) looks it up afresh.
+    """
+
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+
 class ConnectionLost(UpstreamError):
     """Raised for a query whose TCP connection was closed, reset or found stalled before its reply came.
 
@@ -128,7 +148,7 @@ class _UDPQuery:
         self.resent += 1
         sock.pool.stats.retransmit(sock.pool.label, "udp")
         if not self.fut.done():  # a send error (ICMP reported on the socket) fails it at once
-            self.arm(asyncio.get_running_loop())
+            self.arm(sock.pool.loop())
 
     def finish(self) -> None:
         """Forget it on its socket (its ID is free again) and stop its timer; idempotent.
@@ -252,6 +272,7 @@ class UDPPool:
         self.stats = stats
         self.max_queries = max_queries
         self.max_age = max_age
+        self.loop = LoopRef()
         self.slots: list[_UDPSocket | None] = [None] * size  # sockets taking new queries
         self.draining: set[_UDPSocket] = set()  # retired ones still waiting for replies
         self.opening: dict[int, asyncio.Task[_UDPSocket]] = {}  # slot -> its socket being opened
@@ -269,7 +290,7 @@ class UDPPool:
         MAX_RETRANSMITS times, and only while the try has `retransmit` seconds left after it: one lost
         datagram then costs `retransmit`, not the whole try. An ICMP error on the socket fails it at once.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         now = loop.time()
         deadline = now + timeout
         # One draw from the system CSPRNG gives both the socket (high bits) and the ID (low 16).
@@ -380,7 +401,7 @@ class _TCPConn(asyncio.Protocol):
         self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
         self.closed = False
         self.idle: asyncio.TimerHandle | None = None
-        loop = asyncio.get_running_loop()
+        self.loop = loop = pool.loop()
         self.born = loop.time()  # a connection made after a loss is a new one (ConnectionLost.at)
         self.last_rx = self.born  # when bytes last came in
         self.busy_since = self.born  # when the queries now pending started to wait (pending went non-empty)
@@ -391,7 +412,7 @@ class _TCPConn(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = asyncio.get_running_loop().time()
+        self.last_rx = self.loop.time()
         self.buf += data
         for msg in wire.pop_frames(self.buf):
             qid = msg[0] << 8 | msg[1] if len(msg) >= 2 else -1
@@ -438,13 +459,13 @@ class _TCPConn(asyncio.Protocol):
 
     def send(self, query: bytes, question_lc: bytes) -> asyncio.Future[bytes]:
         if not self.usable():
-            raise ConnectionLost(f"{self.pool.label}: connection closed", asyncio.get_running_loop().time())
+            raise ConnectionLost(f"{self.pool.label}: connection closed", self.loop.time())
         assert self.transport is not None
         while True:
             qid = secrets.randbits(16)
             if qid not in self.pending:
                 break
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         fut: asyncio.Future[bytes] = loop.create_future()
         if not self.pending:
             self.busy_since = loop.time()
@@ -491,6 +512,7 @@ class TCPPool:
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
         self.stats = stats
+        self.loop = LoopRef()
         self.conns: list[_TCPConn] = []
         # Connections being opened (they count towards size), with the loop time each attempt started.
         self.opening: dict[asyncio.Task[_TCPConn], float] = {}
@@ -500,7 +522,7 @@ class TCPPool:
             self.conns.remove(conn)
 
     async def _pick(self, timeout: float, since: float | None) -> _TCPConn:
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         now = loop.time()
         for c in list(self.conns):
             if c.stalled(now):
@@ -544,7 +566,7 @@ class TCPPool:
         `since` (a ConnectionLost's `at`): only a connection made from then on may carry it. A loss of the
         connection under the query raises ConnectionLost at once.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         deadline = loop.time() + timeout
         conn = await self._pick(timeout, since)
         fut = conn.send(query, question_lc)

@@ -18,7 +18,15 @@ from nodelocal import UpstreamError, UpstreamTimeout
 from nodelocal.config import UpstreamGroup
 from nodelocal.dns import wire
 from nodelocal.resolve.metrics import ResolveStats
-from nodelocal.resolve.upstream import ConnectionLost, TCPPool, UDPPool, _UDPQuery, _UDPSocket, reply_matches
+from nodelocal.resolve.upstream import (
+    ConnectionLost,
+    LoopRef,
+    TCPPool,
+    UDPPool,
+    _UDPQuery,
+    _UDPSocket,
+    reply_matches,
+)
 from tests.fakedns import DROP, SPOOF, FakeDNS, free_port
 
 T = TypeVar("T")
@@ -980,3 +988,18 @@ def test_tcp_cancelled_query_leaves_no_pending_entry() -> None:
         assert conn.pending == {}
 
     pool_test(body)
+
+
+# --------------------------------------------------------------------------------------------------
+# LoopRef
+
+
+def test_loop_ref_follows_the_running_loop_from_one_run_to_the_next() -> None:
+    ref = LoopRef()
+
+    async def both() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        return ref() is loop, ref() is loop
+
+    assert run(both) == (True, True)
+    assert run(both) == (True, True)  # a new loop: looked up afresh, not the closed one kept
