@@ -7,8 +7,11 @@ fixed rates (-Q, a large -q); the servers run pinned to --server-cpu, dnsperf an
 The figure is the server's CPU (utime+stime from /proc/PID/stat, and the finer sum of its threads'
 /proc/PID/task/*/schedstat) over the run divided by the queries dnsperf saw answered. Before each run the
 server is left idle for --idle seconds and that CPU rate is reported beside it (timers, sweeps: the part
-of the figure that is not per query). "other" is the CPU that other programs took on the server's core
-during the run: on a shared machine, runs with a large share are noisy (rerun them).
+of the figure that is not per query). Beside it too, the server core's time in interrupts and softirqs
+("softirq": loopback delivery and wakeups, which the kernel may not charge to any process) and the rest
+of the core's busy time ("other": other programs; on a shared machine, a run whose share stands out was
+disturbed: rerun it). Each run has a
+server started for it (and warmed), so that no run inherits another's state.
 
 Several agent source trees can be measured in one go, interleaved run by run (so that a noisy minute hits
 each alike), e.g. before and after a change:
@@ -64,6 +67,7 @@ class Result:
     wall_s: float
     idle_cpu_per_s: float  # CPU seconds per second while idle before the run
     other_share: float  # share of the server core's time used by other programs during the run
+    irq_share: float  # share of the server core's time in interrupts and softirqs (not charged to the server)
     lat_avg: float | None
     rcodes: dict[str, int] = field(default_factory=dict)
     misses: float | None = None  # the agent's cache-miss counter delta (every query must be one)
@@ -97,13 +101,14 @@ def sched_ns(pid: int) -> int:
     return total
 
 
-def core_busy(cpu: int) -> int:
-    """Busy jiffies of one core (all but idle and iowait) from /proc/stat."""
+def core_busy(cpu: int) -> tuple[int, int]:
+    """Busy jiffies of one core (all but idle and iowait; guest time is in user already) and, of them,
+    the time in interrupts and softirqs, from /proc/stat."""
     for line in Path("/proc/stat").read_text().splitlines():
         parts = line.split()
         if parts[0] == f"cpu{cpu}":
             vals = [int(v) for v in parts[1:]]
-            return sum(vals) - vals[3] - vals[4] - sum(vals[8:])  # guest time is already in user
+            return sum(vals) - vals[3] - vals[4] - sum(vals[8:]), vals[5] + vals[6]
     raise SystemExit(f"no cpu{cpu} in /proc/stat")
 
 
@@ -307,16 +312,20 @@ def measure(a: argparse.Namespace, work: Path, t: Target, pid: int, qps: int, re
     c1, s1, b1, w1 = ticks(pid), sched_ns(pid), core_busy(a.server_cpu), time.monotonic()
     m1 = scrape(t.metrics_url) if t.metrics_url else None
     cpu = (c1 - c0) / HZ
-    other = max(0.0, (b1 - b0) / HZ - cpu) / (w1 - w0)
-    r = Result(t.name, t.transport, qps, rep, dp["completed"], dp["lost"], cpu, (s1 - s0) / 1e9, w1 - w0, idle,
-               other, dp["lat_avg"], dp["rcodes"])
+    wall = w1 - w0
+    irq = (b1[1] - b0[1]) / HZ / wall
+    other = max(0.0, (b1[0] - b0[0] - (b1[1] - b0[1])) / HZ - cpu) / wall
+    r = Result(t.name, t.transport, qps, rep, dp["completed"], dp["lost"], cpu, (s1 - s0) / 1e9, wall, idle,
+               other, irq, dp["lat_avg"], dp["rcodes"])
     if m0 is not None and m1 is not None:
         r.misses = m1["misses"] - m0["misses"]
         r.upstream = m1["upstream"] - m0["upstream"]
     return r
 
 
-def run_target(a: argparse.Namespace, work: Path, procs: Procs, t: Target, rep: int) -> list[Result]:
+def run_target(a: argparse.Namespace, work: Path, procs: Procs, t: Target, rep: int, qps: int) -> Result:
+    """One run in a server started for it: what a server did before (a forwarder's sockets, a cache
+    filled by another run) does not carry over from one rate to the next."""
     p = procs.start(f"{t.name}-{t.transport}", a.server_cpu, t.cmd, t.env, t.cwd)
     try:
         if not probe(t.port):
@@ -324,17 +333,15 @@ def run_target(a: argparse.Namespace, work: Path, procs: Procs, t: Target, rep: 
         # warm: the code paths, the upstream sockets or connections, the allocator (not measured)
         warm = write_names(work / "warm.txt", f"warm-{secrets.token_hex(3)}", 3000)
         dnsperf(work, f"{t.name}-warm", a.client_cpu, t.port, warm, ["-n", "1", "-Q", "1000", "-q", "200"])
-        out = []
-        for qps in a.qps:
-            r = measure(a, work, t, p.pid, qps, rep)
-            print(f"  {r.server:>10} {r.transport} {r.qps:>5} q/s rep {rep}: {r.us_per_q:7.1f} µs/q "
-                  f"(schedstat {r.sched_us_per_q:6.1f}), idle {r.idle_cpu_per_s * 1e3:5.1f} ms/s, "
-                  f"other {r.other_share:5.1%}, lost {r.lost}, misses {r.misses}, upstream {r.upstream}",
-                  file=sys.stderr)
-            out.append(r)
+        r = measure(a, work, t, p.pid, qps, rep)
+        print(f"  {r.server:>10} {r.transport} {r.qps:>5} q/s rep {rep}: {r.us_per_q:7.1f} µs/q "
+              f"(schedstat {r.sched_us_per_q:6.1f}), idle {r.idle_cpu_per_s * 1e3:5.1f} ms/s, "
+              f"softirq {r.irq_share:5.1%}, other {r.other_share:5.1%}, lost {r.lost}, misses {r.misses}, "
+              f"upstream {r.upstream}",
+              file=sys.stderr)
         if p.poll() is not None:
             raise SystemExit(f"{t.name} exited; see {work}")
-        return out
+        return r
     finally:
         procs.stop(p)
 
@@ -353,6 +360,7 @@ def summary(results: list[Result]) -> list[dict[str, Any]]:
                     "sched_us_per_q_median": statistics.median(r.sched_us_per_q for r in rs),
                     "idle_ms_per_s": statistics.median(r.idle_cpu_per_s for r in rs) * 1e3,
                     "other_share_max": max(r.other_share for r in rs),
+                    "irq_share_median": statistics.median(r.irq_share for r in rs),
                     "lost": sum(r.lost for r in rs),
                     "lat_avg_ms": statistics.median((r.lat_avg or 0.0) for r in rs) * 1e3,
                     "vs_dnsmasq": med / ref[qps] if ref.get(qps) else None})
@@ -361,12 +369,13 @@ def summary(results: list[Result]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'server':>10} {'fwd':>4} {'q/s':>5} {'runs':>4} {'µs/q med':>9} {'[min-max]':>15} {'sched':>7} "
-          f"{'idle ms/s':>9} {'other':>6} {'lost':>5} {'lat ms':>7} {'x dnsmasq':>9}")
+          f"{'idle ms/s':>9} {'softirq':>7} {'other':>6} {'lost':>5} {'lat ms':>7} {'x dnsmasq':>9}")
     for r in sorted(rows, key=lambda r: (-r["qps"], r["transport"], r["server"])):
         ratio = f"{r['vs_dnsmasq']:.2f}" if r["vs_dnsmasq"] else "-"
         print(f"{r['server']:>10} {r['transport']:>4} {r['qps']:>5} {r['runs']:>4} {r['us_per_q_median']:9.1f} "
               f"{'[' + format(r['us_per_q_min'], '.1f') + '-' + format(r['us_per_q_max'], '.1f') + ']':>15} "
-              f"{r['sched_us_per_q_median']:7.1f} {r['idle_ms_per_s']:9.2f} {r['other_share_max']:6.1%} "
+              f"{r['sched_us_per_q_median']:7.1f} {r['idle_ms_per_s']:9.2f} {r['irq_share_median']:7.1%} "
+              f"{r['other_share_max']:6.1%} "
               f"{r['lost']:>5} {r['lat_avg_ms']:7.2f} {ratio:>9}")
 
 
@@ -433,8 +442,9 @@ def main() -> int:
         if not probe(auth):
             raise SystemExit(f"nsd did not answer; see {work}")
         for rep in range(a.repeat):
-            for t in targets:
-                results.extend(run_target(a, work, procs, t, rep))
+            for qps in a.qps:
+                for t in targets:
+                    results.append(run_target(a, work, procs, t, rep, qps))
     finally:
         procs.stop_all()
         if not a.keep:
