@@ -233,12 +233,13 @@ ns1 IN A 192.0.2.53
 """
 
 
-def agent_yaml(transport: str, auth: int, port: int, metrics: int, health: int) -> str:
+def agent_yaml(transport: str, auth: int, port: int, metrics: int, health: int, page: bool = True) -> str:
     # UDP: the host group (transport udp); TCP: the cluster group (transport tcp), as the default
-    # config has them. Everything else is the default config.
+    # config has them. Everything else is the default config (--no-page: without the live page).
     group = "host" if transport == "udp" else "cluster"
     return f"""log_level: warning
 setup: false
+page: {"true" if page else "false"}
 listen:
   localip: [127.0.0.1]
   port: {port}
@@ -386,6 +387,8 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the agent")
     ap.add_argument("--transport", default="udp", help="udp, tcp or udp,tcp: how the agent forwards")
     ap.add_argument("--no-dnsmasq", action="store_true", help="leave out dnsmasq (the reference, UDP)")
+    ap.add_argument("--no-page", action="store_true",
+                    help="agents without the live page (page: false): what its sampling costs per query")
     ap.add_argument("--qps", default="2000 300", help="offered loads, one run each")
     ap.add_argument("--duration", type=int, default=20, help="seconds per run")
     ap.add_argument("--idle", type=float, default=2.0, help="seconds of idle CPU measured before each run")
@@ -424,7 +427,7 @@ def main() -> int:
         print(f"{name}: {where}", file=sys.stderr)
         for tr in a.transport.split(","):
             conf = work / f"{name}-{tr}.yaml"
-            conf.write_text(agent_yaml(tr, auth, port, metrics, health))
+            conf.write_text(agent_yaml(tr, auth, port, metrics, health, not a.no_page))
             targets.append(Target(name, tr, [a.python, "-m", "nodelocal", "serve", "--config", str(conf)], env, port,
                                   f"http://127.0.0.1:{metrics}/metrics", tree))
     if not a.no_dnsmasq:
