@@ -20,7 +20,6 @@ Each measured run's dnsperf output (-S 1 -v) is DIR/TAG.out.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -462,15 +461,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_report(workdir: str, json_out: str | None) -> int:
-    data = build(Path(workdir))
-    print(render(data))
-    if json_out:
-        Path(json_out).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        print(f"JSON written to {json_out}")
-    return 0
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -503,7 +493,7 @@ def main(argv: list[str]) -> int:
         print(f"about {typical // 60} min {typical % 60} s (up to {worst // 60} min {worst % 60} s if every step "
               "leaves a backlog)")
         return 0
-    return cmd_report(a.dir, a.json)
+    return base.cmd_report(a.dir, a.json, build, render)
 
 
 if __name__ == "__main__":

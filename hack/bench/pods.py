@@ -678,15 +678,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_report(workdir: str, json_out: str | None) -> int:
-    data = build(Path(workdir))
-    print(render(data))
-    if json_out:
-        Path(json_out).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        print(f"JSON written to {json_out}")
-    return 0
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -742,7 +733,7 @@ def main(argv: list[str]) -> int:
         return base.cmd_metrics(a.url, a.file)
     if a.cmd == "treeticks":
         return treeticks(a.pid)
-    return cmd_report(a.dir, a.json)
+    return base.cmd_report(a.dir, a.json, build, render)
 
 
 if __name__ == "__main__":

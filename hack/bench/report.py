@@ -409,7 +409,10 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_report(workdir: str, json_out: str | None) -> int:
+def cmd_report(workdir: str, json_out: str | None, build: Callable[[Path], dict[str, Any]] = build,
+               render: Callable[[dict[str, Any]], str] = render) -> int:
+    """Build the report from `workdir`, print it, and write its JSON to `json_out` if given (the pod and
+    overload reports pass their own build and render)."""
     data = build(Path(workdir))
     print(render(data))
     if json_out:

@@ -208,5 +208,5 @@ def test_build_and_render(workdir: Path, tmp_path: Path) -> None:
     assert "agent/unbound" in text and "0.50" in text
     json.dumps(data)  # --json writes it as is
     out = tmp_path / "report.json"
-    assert ov.cmd_report(str(workdir), str(out)) == 0
+    assert ov.base.cmd_report(str(workdir), str(out), ov.build, ov.render) == 0
     assert json.loads(out.read_text())["servers"]["agent"]["capacity_qps"] == 500
