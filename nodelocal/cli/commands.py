@@ -18,7 +18,7 @@ from nodelocal.config.source import Loaded, Source
 
 # --dev: a laptop profile. Applied before the explicit flags, which still win.
 DEV_PROFILE: dict[str, Any] = {
-    "listen": {"localip": ["127.0.0.1"], "port": 5353},
+    "listen": {"localip": ["127.0.0.1"], "port": 5300},
     "setup": False,
     "metrics_addr": "127.0.0.1:9253",
     "health_addr": "127.0.0.1:8080",
@@ -54,7 +54,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-addr", metavar="HOST:PORT", help="serves /health and /ready [health_addr]")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
     p.add_argument("--dev", action="store_true",
-                   help="laptop profile: 127.0.0.1:5353, no setup, loopback metrics and health")
+                   help="laptop profile: 127.0.0.1:5300 (off the mDNS port 5353), no setup, loopback metrics and health")
     compat.add_flags(p)
 
 

@@ -34,8 +34,9 @@ def test_no_flags_no_overrides() -> None:
 
 
 def test_dev_profile() -> None:
+    # 5300, not 5353: the mDNS port is taken wherever avahi runs.
     assert over("--dev") == {
-        "listen": {"localip": ["127.0.0.1"], "port": 5353},
+        "listen": {"localip": ["127.0.0.1"], "port": 5300},
         "setup": False,
         "metrics_addr": "127.0.0.1:9253",
         "health_addr": "127.0.0.1:8080",
@@ -49,7 +50,7 @@ def test_flags_win_over_dev() -> None:
     assert o["metrics_addr"] == "127.0.0.1:19253"
     assert o["health_addr"] == "127.0.0.1:8080" and o["setup"] is False
     assert DEV_PROFILE == before  # the profile itself is never changed
-    assert over("--dev")["listen"] == {"localip": ["127.0.0.1"], "port": 5353}
+    assert over("--dev")["listen"] == {"localip": ["127.0.0.1"], "port": 5300}
 
 
 def test_localip_comma_list() -> None:
@@ -79,7 +80,7 @@ def test_dev_overrides_load_into_a_config() -> None:
     from nodelocal.config import load
 
     cfg = load(None, over("--dev", "--upstream", "1.1.1.1"), env={}, resolv_conf="/nonexistent")
-    assert cfg.listen.localip == ("127.0.0.1",) and cfg.listen.port == 5353 and cfg.setup is False
+    assert cfg.listen.localip == ("127.0.0.1",) and cfg.listen.port == 5300 and cfg.setup is False
     assert cfg.upstreams["host"].servers == ("1.1.1.1",)
     assert cfg.health_address() == ("127.0.0.1", 8080)
 
@@ -164,4 +165,4 @@ def test_serve_with_a_bad_value_exits_2_before_starting(monkeypatch: pytest.Monk
     assert not started
     assert "listen.port" in capsys.readouterr().err
     assert main(["serve", "--dev", *HERMETIC]) == 0
-    assert started and started[0].listen.port == 5353
+    assert started and started[0].listen.port == 5300

@@ -73,7 +73,7 @@ def test_go_bool_and_duration_forms() -> None:
 
 def test_our_flags_and_node_caches_together() -> None:
     out, _ = over("--dev", "-localip", "127.0.0.2", "--sync-interval", "5", "-skipteardown=true")
-    assert out["listen"] == {"localip": ["127.0.0.2"], "port": 5353}
+    assert out["listen"] == {"localip": ["127.0.0.2"], "port": 5300}
     assert out["netsetup"] == {"sync_interval": 5.0, "skip_teardown": True}
 
 
