@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -98,6 +99,14 @@ def run_stats(args: argparse.Namespace) -> int:
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (`nodelocal stats --watch | head -2`). Python would report the pipe again
+        # when it flushes stdout at exit: point stdout at /dev/null first, then end as a program killed by
+        # SIGPIPE would (the shell's 141), without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return statscli.EXIT_SIGPIPE
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from nodelocal.config import Address, format_hostport, parse_hostport
 
 DEFAULT_ADDR = "127.0.0.1:9253"
 CLEAR = "\x1b[H\x1b[2J"
+FRAME_RULE = "-" * 30  # between two --watch frames written to a pipe or file
+EXIT_SIGPIPE = 141  # what a shell reports for a program ended by SIGPIPE (128 + 13)
 
 
 class StatsUnavailable(NodelocalError):
@@ -126,16 +128,39 @@ def render(s: dict[str, Any], width: int = 100) -> str:
     return "\n".join(out)
 
 
+def frame(data: dict[str, Any], n: int, watch: bool, tty: bool, as_json: bool, width: int,
+          clock: Callable[[], float] = time.time) -> str:
+    """The text of the n-th (0-based) display, separated from the one before it.
+
+    On a terminal, --watch redraws the screen. Into a pipe or file the frames follow one another: each
+    text frame after the first starts with a blank line and a rule carrying the time, so `grep`, `less` and
+    `head` see where one ends; --json --watch writes one document per line (JSON Lines).
+    """
+    if as_json:
+        return (json.dumps(data, separators=(",", ":")) if watch and not tty else json.dumps(data, indent=2)) + "\n"
+    text = render(data, width) + "\n"
+    if watch and tty:
+        return CLEAR + text
+    if watch and n:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock()))
+        return f"\n{FRAME_RULE} {stamp} {FRAME_RULE}\n" + text
+    return text
+
+
 def run(addr: str, watch: bool = False, interval: float = 2.0, count: int = 0, as_json: bool = False,
         out: TextIO | None = None, sleep: Callable[[float], None] = time.sleep, width: int = 100) -> int:
-    """Print the figures once, or every `interval` seconds with `watch` (`count` > 0 stops after that many)."""
+    """Print the figures once, or every `interval` seconds with `watch` (`count` > 0 stops after that many).
+
+    A reader that goes away (`| head -2`) raises BrokenPipeError from the write: the caller
+    (cli/commands.py) ends quietly with the shell's exit status for SIGPIPE.
+    """
     where = target(addr)
     out = out or sys.stdout
+    tty = out.isatty()
     shown = 0
     while True:
         data = fetch(where)
-        text = json.dumps(data, indent=2) if as_json else render(data, width)
-        out.write((CLEAR if watch and out.isatty() else "") + text + "\n")
+        out.write(frame(data, shown, watch, tty, as_json, width))
         out.flush()
         shown += 1
         if not watch or (count and shown >= count):

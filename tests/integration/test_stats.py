@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
@@ -68,8 +70,34 @@ def test_stats_command_once_and_watching(agent: RunningAgent, capsys: pytest.Cap
     buf = io.StringIO()
     assert statscli.run(addr, watch=True, interval=0.5, count=3, out=buf, sleep=slept.append) == 0
     assert buf.getvalue().count("nodelocal on ") == 3 and slept == [0.5, 0.5]
+    # Into a pipe or file, frames follow one another with a rule between them (no screen clearing).
+    assert buf.getvalue().count(statscli.FRAME_RULE) == 2 * 2 and statscli.CLEAR not in buf.getvalue()
+    lines = io.StringIO()
+    assert statscli.run(addr, watch=True, interval=0.5, count=2, as_json=True, out=lines, sleep=slept.append) == 0
+    docs = [json.loads(line) for line in lines.getvalue().splitlines()]  # JSON Lines: one document a line
+    assert [d["schema"] for d in docs] == [1, 1]
     assert main(["stats", "--addr", addr, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["totals"]["queries"] == 2
+
+
+def test_stats_watch_into_a_pipe_closed_early_ends_without_a_traceback(agent: RunningAgent) -> None:
+    # `nodelocal stats --watch | head -2`: the reader closes the pipe; the command ends as a program killed by
+    # SIGPIPE would (141), or 0, and says nothing on stderr.
+    proc = subprocess.Popen([sys.executable, "-m", "nodelocal", "stats", "--watch", "--interval", "0.05",
+                             "--addr", f"127.0.0.1:{agent.http_port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    head = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()
+    try:
+        rc = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert head[0].startswith(b"nodelocal on ")
+    assert rc in (0, statscli.EXIT_SIGPIPE), err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_stats_command_errors(capsys: pytest.CaptureFixture[str]) -> None:
