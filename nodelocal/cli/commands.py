@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -26,8 +28,65 @@ DEV_PROFILE: dict[str, Any] = {
 }
 
 
+def config_default(path: str) -> Any:
+    """The built-in default of a config field named by its dotted path (`listen.port` -> 53); KeyError if the
+    path does not lead to a field with a default of its own (named groups, zones)."""
+    node: Any = Config
+    value: Any = None
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(node):
+            raise KeyError(path)
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        f = fields[part]
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise KeyError(path)
+        node = value
+    if isinstance(value, dict):
+        raise KeyError(path)
+    return value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "none"
+
+
+_FIELD = re.compile(r"\[([a-z_]+(?:\.[a-z_]+)*)\]")  # "[listen.port]": the config field a flag sets
+
+
+class Formatter(argparse.HelpFormatter):
+    """--help with every default: the flag's own (stats --interval), else that of the config field it sets,
+    named in brackets in its help (`[listen.port]`), read from the config model so the two never differ."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.default is not None and action.default is not False:
+            return f"{text} (default: %(default)s)"
+        m = _FIELD.search(text)
+        if m is not None:
+            try:
+                value = config_default(m.group(1))
+            except KeyError:
+                return text
+            return f"{text} (default: {_shown(value).replace('%', '%%')})"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line and exits 2."""
+    """argparse that reports a bad command line in one line and exits 2, and shows defaults in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -52,7 +111,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-teardown", action="store_true",
                    help="leave interface and rules on exit [netsetup.skip_teardown=true]")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serves /metrics [metrics_addr]")
-    p.add_argument("--health-addr", metavar="HOST:PORT", help="serves /health and /ready [health_addr]")
+    p.add_argument("--health-addr", metavar="HOST:PORT",
+                   help="serves /health and /ready [health_addr]; default: the first localip, port 8080")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
     p.add_argument("--dev", action="store_true",
                    help="laptop profile: 127.0.0.1:5300 (off the mDNS port 5353), no setup, loopback metrics and health")
@@ -70,18 +130,17 @@ def build_parser() -> Parser:
     _add_config_flags(check)
     dnsc = sub.add_parser("dnsconfig", help="print the pod dnsPolicy/dnsConfig that sends a pod's DNS to the cache")
     dnsc.add_argument("--namespace", "-n", required=True, metavar="NS", help="the pod's namespace")
-    dnsc.add_argument("--cluster-domain", default="cluster.local", metavar="DOMAIN", help="default cluster.local")
-    dnsc.add_argument("--ndots", type=int, default=5, metavar="N", help="default 5, as kubelet writes it")
+    dnsc.add_argument("--cluster-domain", default="cluster.local", metavar="DOMAIN", help="the cluster's domain")
+    dnsc.add_argument("--ndots", type=int, default=5, metavar="N", help="ndots, as kubelet writes it")
     dnsc.add_argument("--nameserver", action="append", metavar="IP",
                       help=f"repeatable; default {dnsconfig.DEFAULT_NAMESERVER} (a second one, e.g. the kube-dns "
                            "ClusterIP, is asked when the first does not answer)")
     dnsc.add_argument("--json", action="store_true", help="JSON instead of YAML")
     stats = sub.add_parser("stats", help="a running agent's live figures (hit rate, QPS, latency, top names)")
-    stats.add_argument("--addr", default="127.0.0.1:9253", metavar="HOST:PORT",
-                       help="the agent's metrics address (default 127.0.0.1:9253)")
+    stats.add_argument("--addr", default="127.0.0.1:9253", metavar="HOST:PORT", help="the agent's metrics address")
     stats.add_argument("--watch", action="store_true", help="refresh until interrupted")
     stats.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch refresh period")
-    stats.add_argument("--count", type=int, default=0, metavar="N", help="--watch: stop after N refreshes")
+    stats.add_argument("--count", type=int, default=0, metavar="N", help="--watch: stop after N refreshes; 0 = never")
     stats.add_argument("--json", action="store_true", help="print /api/stats as JSON")
     return parser
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from nodelocal.cli import commands as cli
-from nodelocal.cli.commands import DEV_PROFILE, build_parser, main, overrides_from
+from nodelocal.cli.commands import DEV_PROFILE, build_parser, config_default, main, overrides_from
 
 # Keep main() away from the machine's resolv.conf and the pod environment.
 HERMETIC = ["--upstream", "192.0.2.53", "--cluster-dns", "10.96.0.10"]
@@ -166,3 +168,36 @@ def test_serve_with_a_bad_value_exits_2_before_starting(monkeypatch: pytest.Monk
     assert "listen.port" in capsys.readouterr().err
     assert main(["serve", "--dev", *HERMETIC]) == 0
     assert started and started[0].listen.port == 5300
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_subparsers()))
+def test_help_of_every_subcommand_shows_each_default(command: str) -> None:
+    p = _subparsers()[command]
+    fmt = p._get_formatter()
+    for action in p._actions:
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            continue
+        text = fmt._get_help_string(action) or ""
+        has_default = action.default not in (None, False) or re.search(r"\[[a-z_.]+\]", action.help or "")
+        if has_default and action.dest not in ("cluster_dns", "upstream"):  # (those say where theirs come from)
+            assert "default" in text, (command, action.option_strings, text)
+
+
+def test_help_takes_the_config_defaults_from_the_model() -> None:
+    serve = _subparsers()["serve"].format_help()
+    flat = " ".join(serve.split())
+    assert "[listen.port] (default: 53)" in flat
+    assert "[netsetup.sync_interval] (default: 60.0)" in flat
+    assert "[log_level] (default: info)" in flat
+    assert "[listen.localip] (default: 169.254.20.10)" in flat
+    stats = " ".join(_subparsers()["stats"].format_help().split())
+    assert "(default: 2.0)" in stats and "(default: 127.0.0.1:9253)" in stats
+    assert config_default("listen.port") == 53 and config_default("cache.max_bytes") == 32 * 1024 * 1024
+    with pytest.raises(KeyError):
+        config_default("upstreams.cluster")  # named groups have no default of their own
