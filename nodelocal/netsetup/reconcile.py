@@ -33,7 +33,7 @@ from nodelocal.netsetup.plan import (
     kube_dns_ips,
     paths_without_backend,
 )
-from nodelocal.netsetup.runner import CommandRunner, Runner, SetupError
+from nodelocal.netsetup.runner import CommandRunner, Runner, SetupError, capability_hint
 
 log = logging.getLogger("nodelocal.netsetup")
 
@@ -82,7 +82,7 @@ class NetSetup:
 
     def _failed(self, e: SetupError, what: str) -> None:
         self.stats.error(e.errortype)
-        log.warning("network setup: %s failed (%s): %s", what, e.errortype, e)
+        log.warning("network setup: %s failed (%s): %s", what, e.errortype, capability_hint(str(e)))
 
     def _backend(self) -> RulesBackend:
         if self.backend is None:

@@ -33,6 +33,20 @@ class SetupError(NodelocalError):
         super().__init__(message)
 
 
+# What the kernel and the rule tools say when the caller lacks the capability: netlink's EPERM, nft's and
+# iptables-nft's "Operation not permitted", iptables-legacy's "Permission denied (you must be root)".
+_REFUSED = ("Operation not permitted", "Permission denied", "you must be root", "EPERM")
+CAPABILITY_HINT = ("this needs the CAP_NET_ADMIN capability (interface, addresses, rules; iptables-legacy also "
+                   "CAP_NET_RAW): run as root, or add NET_ADMIN to the container's capabilities")
+
+
+def capability_hint(message: str) -> str:
+    """`message`, with the capability that is missing named when the kernel or a tool refused for lack of it."""
+    if any(word in message for word in _REFUSED) and "CAP_NET_ADMIN" not in message:
+        return f"{message}: {CAPABILITY_HINT}"
+    return message
+
+
 @dataclass(frozen=True)
 class Result:
     """What a command did: exit code and its output."""

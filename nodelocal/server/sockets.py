@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
+from pathlib import Path
 
 from nodelocal import BindError
 from nodelocal.config import Address, format_hostport
@@ -12,6 +14,30 @@ from nodelocal.config import Address, format_hostport
 # CPU-capped node) a large buffer fills with queries whose clients give up before their turn comes, and
 # every answer is late. A small one lets the kernel drop the excess before any work is spent on it.
 UDP_RCVBUF = 212992  # bytes asked for (SO_RCVBUF; the kernel doubles it): the usual rmem_default
+
+
+def unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
+    """The lowest port anyone may bind; below it binding needs CAP_NET_BIND_SERVICE (Linux 4.11+: 1024)."""
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+def why(kind: str, addr: Address, e: OSError) -> str:
+    """The BindError message: the address, the kernel's reason, and for a refusal the capability missing."""
+    msg = f"cannot bind {kind} {format_hostport(addr)}: {e.strerror}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        start = unprivileged_port_start()
+        if addr[1] < start:
+            msg += (f" (port {addr[1]} is below net.ipv4.ip_unprivileged_port_start={start}: binding it needs the "
+                    "CAP_NET_BIND_SERVICE capability; run as root, or add NET_BIND_SERVICE to the container's "
+                    "capabilities)")
+    elif e.errno == errno.EADDRNOTAVAIL:
+        msg += " (the address is not on any interface of this host: with setup off, add it first)"
+    elif e.errno == errno.EADDRINUSE:
+        msg += " (another process listens there: another DNS server or agent?)"
+    return msg
 
 
 def family(host: str) -> socket.AddressFamily:
@@ -30,7 +56,7 @@ def bind_udp(addr: Address, rcvbuf: int = UDP_RCVBUF) -> socket.socket:
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise BindError(f"cannot bind udp {format_hostport(addr)}: {e.strerror}") from None
+        raise BindError(why("udp", addr, e)) from None
     return sock
 
 
@@ -44,5 +70,5 @@ def bind_tcp(addr: Address) -> socket.socket:
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise BindError(f"cannot bind tcp {format_hostport(addr)}: {e.strerror}") from None
+        raise BindError(why("tcp", addr, e)) from None
     return sock

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,9 @@ def problems(docs: list[dict[str, Any]], link_local: str = LINK_LOCAL) -> list[s
         get = c.get(probe, {}).get("httpGet", {})
         if (get.get("path"), get.get("port"), get.get("host")) != (path, 8080, link_local):
             out.append(f"{probe} is not GET http://{link_local}:8080{path}: {get}")
+    if c.get("securityContext", {}).get("seccompProfile") != {"type": "RuntimeDefault"} and \
+            pod.get("securityContext", {}).get("seccompProfile") != {"type": "RuntimeDefault"}:
+        out.append("no seccompProfile RuntimeDefault")
     mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
     if "/run/xtables.lock" not in mounts:
         out.append("/run/xtables.lock not mounted (iptables backends share kube-proxy's lock)")
@@ -128,6 +132,7 @@ def test_overlay_keeps_what_the_agent_needs(rendered: dict[str, list[dict[str, A
         (lambda pod, c, docs: pod.pop("hostNetwork"), "hostNetwork"),
         (lambda pod, c, docs: c["securityContext"]["capabilities"]["add"].remove("NET_ADMIN"), "NET_ADMIN"),
         (lambda pod, c, docs: c["securityContext"]["capabilities"]["add"].append("SYS_ADMIN"), "capabilities"),
+        (lambda pod, c, docs: c["securityContext"].pop("seccompProfile"), "seccompProfile"),
         (lambda pod, c, docs: c.pop("livenessProbe"), "livenessProbe"),
         (lambda pod, c, docs: c.pop("readinessProbe"), "readinessProbe"),
         (lambda pod, c, docs: docs.remove(find(docs, "Service", "kube-dns-upstream")), "kube-dns-upstream"),
@@ -209,6 +214,48 @@ def test_placeholders_are_set_in_one_place(tmp_path: Path) -> None:
     assert "--localip=169.254.53.53,10.100.0.10" in argv and "--cluster-domain=k8s.example" in argv
     text = yaml.safe_dump_all(docs)
     assert "169.254.20.10" not in text and "10.96.0.10" not in text  # nothing of the defaults is left
+
+
+# The image reference grammar container runtimes parse (distribution/reference): a first component without
+# '.', ':' or 'localhost' is a path component, and path components are lower case.
+_DOMAIN = r"(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*:[0-9]+)"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REF = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+                        r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+PLACEHOLDER_IMAGE = "REPLACE-ME/nodelocal:set-the-image"
+
+
+def valid_image(ref: str) -> bool:
+    return _IMAGE_REF.fullmatch(ref) is not None
+
+
+def test_image_reference_grammar() -> None:
+    for good in ("nodelocal", "registry.example/nodelocal:0.1.0", "localhost:5000/dns/nodelocal:v1",
+                 "REGISTRY.EXAMPLE/team/nodelocal@sha256:" + "a" * 64):
+        assert valid_image(good), good
+    for bad in (PLACEHOLDER_IMAGE, "Nodelocal:1", "registry.example/Team/nodelocal"):
+        assert not valid_image(bad), bad
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_image_fails_loudly_until_it_is_set(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    # As shipped, every overlay names an image no runtime accepts (InvalidImageName at once, not a pull
+    # retried for ever), and says plainly what to do.
+    image = container(find(rendered[overlay], "DaemonSet", "nodelocal"))["image"]
+    assert image == PLACEHOLDER_IMAGE and not valid_image(image)
+    base = (KUSTOMIZE_ROOT / "base" / "kustomization.yaml").read_text()
+    assert "kustomize edit set image REPLACE-ME/nodelocal=REGISTRY/nodelocal:TAG" in base
+
+
+def test_the_image_set_in_an_overlay_of_ones_own_replaces_the_placeholder(tmp_path: Path) -> None:
+    ov = tmp_path / "overlay"
+    ov.mkdir()
+    (ov / "kustomization.yaml").write_text(yaml.safe_dump({  # what `kustomize edit set image` writes
+        "resources": [os.path.relpath(KUSTOMIZE_ROOT / "overlays" / "iptables", ov)],
+        "images": [{"name": "REPLACE-ME/nodelocal", "newName": "registry.example/nodelocal", "newTag": "0.1.0"}],
+    }))
+    image = container(find(kustomize(ov), "DaemonSet", "nodelocal"))["image"]
+    assert image == "registry.example/nodelocal:0.1.0" and valid_image(image)
 
 
 def test_config_file_in_the_configmap_is_applied_live() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,16 @@ def test_zones_from_the_file_replace_the_defaults(tmp_path: Path) -> None:
     assert cfg.zones["corp.example"].cache.min_ttl == 5
     assert cfg.upstreams["corp"].addresses() == (("10.1.1.1", 5353),)
     assert cfg.upstreams["corp"].transport == "udp"
+
+
+def test_zones_is_a_mapping_as_the_documented_config_says(tmp_path: Path) -> None:
+    # config/nodelocal.yaml says what `zones` accepts and quotes the error a list gets: both hold.
+    doc = (REPO / "config" / "nodelocal.yaml").read_text()
+    quoted = re.search(r'is rejected with\s*#?\s*"([^"]+)"', doc)
+    assert quoted is not None and "zones: a mapping" in doc
+    with pytest.raises(ConfigError) as err:
+        load_clean(write(tmp_path, {"zones": ["cluster.local", "."]}))
+    assert err.value.path == "zones" and quoted.group(1) in str(err.value).replace("config error: ", "")
 
 
 def test_cluster_domain_names_the_default_cluster_zone() -> None:

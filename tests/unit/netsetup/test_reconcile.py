@@ -21,7 +21,7 @@ from nodelocal.netsetup.plan import Plan, Redirect, build_plan, kube_dns_ips, pa
 from nodelocal.netsetup.reconcile import NetSetup
 from nodelocal.netsetup.rules_iptables import IptablesRules, kube_proxy_endpoints, parse_save
 from nodelocal.netsetup.rules_nft import NftRules
-from nodelocal.netsetup.runner import Result, SetupError, check
+from nodelocal.netsetup.runner import CAPABILITY_HINT, Result, SetupError, capability_hint, check
 
 LL, CIP, LL6, CIP6 = "169.254.20.10", "10.96.0.10", "fd53::10", "fd53:96::a"
 
@@ -507,9 +507,15 @@ def test_failures_are_counted_by_type_and_never_raised(caplog: pytest.LogCapture
     nft, ipr = FakeNft(), FakeIPRoute()
     ns, stats = netsetup(nft, ipr)
     ipr.fail_add = errno.EPERM
-    assert ns.ensure_link() is False
+    with caplog.at_level(logging.WARNING):
+        assert ns.ensure_link() is False
+    # The kernel refused for lack of a capability: the log says which one.
+    assert "interface nodelocaldns failed" in caplog.text and "CAP_NET_ADMIN capability" in caplog.text
+    caplog.clear()
     nft.fail = Result(1, "", "Error: Could not process rule: Operation not permitted")
-    assert ns.ensure_rules() is False
+    with caplog.at_level(logging.WARNING):
+        assert ns.ensure_rules() is False
+    assert "rules failed" in caplog.text and "CAP_NET_ADMIN capability" in caplog.text
     ns.sync()
     assert stats.setup_errors["interface_add"] == 2 and stats.setup_errors["iptables"] == 2
     nft.fail = None
@@ -526,6 +532,13 @@ def test_failures_are_counted_by_type_and_never_raised(caplog: pytest.LogCapture
     families = {f.name: f for f in setup_families(stats)}
     errs = {s.labels["errortype"]: s.value for s in families["coredns_nodecache_setup_errors"].samples}
     assert set(errs) == set(SETUP_ERRORTYPES) and errs["iptables"] == 5
+
+
+def test_capability_hint_only_for_a_refusal() -> None:
+    assert capability_hint("iptables-restore v1.8.9 (legacy): Permission denied (you must be root)").endswith(
+        CAPABILITY_HINT)
+    assert capability_hint("nft -f -: Error: syntax error") == "nft -f -: Error: syntax error"
+    assert capability_hint("adding 169.254.20.10 to nodelocaldns: (17, 'File exists')").count("CAP_") == 0
 
 
 def test_a_held_xtables_lock_counts_as_iptables_lock() -> None:
