@@ -115,7 +115,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="serves /health and /ready [health_addr]; default: the first localip, port 8080")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
     p.add_argument("--dev", action="store_true",
-                   help="laptop profile: 127.0.0.1:5300 (off the mDNS port 5353), no setup, loopback metrics and health")
+                   help="laptop profile: 127.0.0.1:5300 (off the mDNS port 5353), no setup, loopback metrics and "
+                        "health")
     compat.add_flags(p)
 
 
