@@ -33,6 +33,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nodelocal import BindError
+from nodelocal.agent.health import SelfCheck, upstream_problem
 from nodelocal.agent.periodic import every
 from nodelocal.agent.reload import RESTART_FIELDS, Change, Reloader, plan
 from nodelocal.cache.store import DENIAL, SUCCESS, Store
@@ -87,8 +88,11 @@ class Agent:
         self.tasks: set[asyncio.Task[object]] = set()
         self._probing = False
         self._pidfile: Path | None = None
+        self.selfcheck = SelfCheck(lambda: self.bound, now=now)  # /health and /ready (health.py)
+        self.leaving = ""  # why /ready says no for good: a shutdown or a handover has begun
 
     def stop(self) -> None:
+        self.leaving = self.leaving or "shutting down"
         self.stop_event.set()
 
     async def run(self, drain_timeout: float = 5.0) -> None:
@@ -209,7 +213,8 @@ class Agent:
                 listen = self.cfg.listen
                 proto = UDPServer(self.resolver, self.store, self.meters.server, listen.max_udp_payload, self.now,
                                   live=self.live, ipv6=sock.family == socket.AF_INET6,
-                                  client_timeout=listen.client_timeout, max_pending=listen.max_pending)
+                                  client_timeout=listen.client_timeout, max_pending=listen.max_pending,
+                                  exempt=self.selfcheck.exempt)
                 transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp_transports.append(transport)
                 self.udp_protocols.append(proto)
@@ -252,14 +257,34 @@ class Agent:
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
-    def _health(self) -> tuple[int, str, bytes]:
-        ok = self.meters.agent.listening and not self.stop_event.is_set()
-        return (200, "text/plain", b"OK\n") if ok else (503, "text/plain", b"not listening\n")
+    async def _health(self) -> tuple[int, str, bytes]:
+        """Liveness (health.py): every DNS listener bound and answering a self-query."""
+        problem = await self.health_problem()
+        if problem is None:
+            return 200, "text/plain", b"OK\n"
+        return 503, "text/plain", f"{problem}\n".encode()
 
-    def _ready(self) -> tuple[int, str, bytes]:
-        if self.meters.resolve.ready and not self.stop_event.is_set():
+    async def health_problem(self) -> str | None:
+        if not self.meters.agent.listening:
+            return "not listening"
+        if self.stop_event.is_set():
+            return self.leaving or "shutting down"
+        return await self.selfcheck.problem()
+
+    async def _ready(self) -> tuple[int, str, bytes]:
+        """Readiness (health.py): serving now, not leaving, the cluster DNS reachable or stale answers held."""
+        problem = await self.ready_problem()
+        if problem is None:
             return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", b"no upstream has answered yet\n"
+        return 503, "text/plain", f"{problem}\n".encode()
+
+    async def ready_problem(self) -> str | None:
+        if self.leaving:
+            return self.leaving
+        problem = await self.health_problem()
+        if problem is not None:
+            return problem
+        return upstream_problem(self.resolver.groups, self.meters.resolve, len(self.store.index))
 
     # -- config changes ----------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ class UDPServer(asyncio.DatagramProtocol):
 
     def __init__(self, resolver: Resolver, store: Store, stats: ServerStats, max_udp: int,
                  now: Callable[[], float] = time.monotonic, live: Live | None = None, ipv6: bool = False,
-                 client_timeout: float = 2.0, max_pending: int = 2000) -> None:
+                 client_timeout: float = 2.0, max_pending: int = 2000,
+                 exempt: set[tuple[str, int]] | None = None) -> None:
         self.resolver = resolver
         self.index = store.index
         self.stats = stats
@@ -42,6 +43,9 @@ class UDPServer(asyncio.DatagramProtocol):
         self.client_timeout = client_timeout
         self.max_pending = max_pending
         self.shed = stats.shed
+        # The agent's own self-queries (agent/health.py) by source address: never shed, or a busy agent would
+        # fail its liveness probe and be restarted, which helps nobody.
+        self.exempt: set[tuple[str, int]] = exempt if exempt is not None else set()
         self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # query bytes after the ID -> (entry, monotonic time until which the reply holds, reply after the ID)
@@ -150,7 +154,7 @@ class UDPServer(asyncio.DatagramProtocol):
 
     def _slow(self, data: bytes, addr: Any) -> None:
         stats = self.stats
-        if stats.pending >= self.max_pending:
+        if stats.pending >= self.max_pending and addr[:2] not in self.exempt:
             # Overload: the slow path is full. Drop before any work (no task, no parsing); hits are still
             # answered inline above, and the clients of dropped misses retry.
             self.shed["busy"] += 1

@@ -243,6 +243,28 @@ def test_health_ready_and_metrics_endpoints(agent: RunningAgent) -> None:
     assert agent.http("/nope")[0] == 404
 
 
+def test_health_fails_when_a_listener_is_wedged_and_ready_says_why(agent: RunningAgent) -> None:
+    assert agent.http("/health") == (200, "OK\n") and agent.http("/ready") == (200, "ready\n")
+    assert agent.agent is not None and agent.loop is not None
+    proto = agent.agent.udp_protocols[0]
+    # The socket is still bound and read, but nothing answers any more: the process lives, DNS does not.
+    agent.loop.call_soon_threadsafe(setattr, proto, "datagram_received", lambda data, addr: None)
+    time.sleep(1.1)  # past the reuse of the last self-check's result
+    status, body = agent.http("/health")
+    assert status == 503 and f"udp 127.0.0.1:{agent.port}: no answer to a self-query" in body
+    assert agent.http("/ready")[0] == 503
+    agent.loop.call_soon_threadsafe(proto.__dict__.pop, "datagram_received")
+    assert wait_for(lambda: agent.http("/health")[0] == 200, 5)
+
+
+def test_ready_goes_503_as_soon_as_the_agent_is_leaving(agent: RunningAgent) -> None:
+    assert agent.http("/ready")[0] == 200
+    assert agent.agent is not None
+    agent.agent.leaving = "handing over to a successor"
+    assert agent.http("/ready") == (503, "handing over to a successor\n")
+    assert agent.http("/health")[0] == 200  # alive still: liveness must not restart it meanwhile
+
+
 def test_not_ready_while_no_upstream_answers(make_agent: Any) -> None:
     down = FakeDNS(down=True).start()
     try:
