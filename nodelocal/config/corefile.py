@@ -304,6 +304,7 @@ class _Forward:
     origin: str  # placeholder of the targets: CLUSTER_DNS, UPSTREAM_SERVERS, or "" (literal)
     from_resolv_conf: bool
     line: int
+    randomize_case: bool = True
 
 
 @dataclass
@@ -419,7 +420,8 @@ def _cache(d: Directive, p: _Problems, notes: list[str], src: str) -> dict[str, 
 
 def _forward(d: Directive, zones: list[str], p: _Problems, notes: list[str], src: str,
              resolv_conf: str, max_concurrent: list[int]) -> _Forward | None:
-    """CoreDNS `forward FROM TO... { force_tcp | prefer_udp | policy P | max_concurrent N | ... }`."""
+    """CoreDNS `forward FROM TO... { force_tcp | prefer_udp | policy P | max_concurrent N | ... }`, and ours:
+    `randomize_case on|off` (0x20; off for servers that do not preserve case)."""
     if len(d.args) < 2:
         p.add(d.line, "forward FROM TO... (at least one upstream)")
         return None
@@ -450,6 +452,7 @@ def _forward(d: Directive, zones: list[str], p: _Problems, notes: list[str], src
         except ConfigError as e:
             p.add(t.line, f"forward: {t.text!r}: {e.reason}")
     transport, policy = "udp", "random"  # CoreDNS forward's defaults
+    randomize = True
     for s in d.block or []:
         if s.name == "force_tcp" and not s.args:
             transport = "tcp"
@@ -457,18 +460,20 @@ def _forward(d: Directive, zones: list[str], p: _Problems, notes: list[str], src
             transport = "udp"
         elif s.name == "policy" and len(s.args) == 1 and s.args[0].text in ("random", "round_robin", "sequential"):
             policy = s.args[0].text
+        elif s.name == "randomize_case" and len(s.args) == 1 and s.args[0].text in ("on", "off"):
+            randomize = s.args[0].text == "on"
         elif s.name == "max_concurrent" and len(s.args) == 1 and s.args[0].text.isdigit():
             max_concurrent.append(int(s.args[0].text))
         elif s.name in ("max_fails", "expire", "health_check", "failfast_all_unhealthy_upstreams"):
             notes.append(f"{src}:{s.line}: forward {s.name}: read, not acted on (nodelocal marks a server down "
                          "after 2 tries without a reply and keeps no connection older than its idle timeout)")
-        elif s.name in ("force_tcp", "prefer_udp", "policy", "max_concurrent"):
+        elif s.name in ("force_tcp", "prefer_udp", "policy", "max_concurrent", "randomize_case"):
             p.add(s.line, f"forward: bad arguments for {s.name}: {' '.join(t.text for t in s.args)!r}")
         else:
             p.add(s.line, f"forward: option {s.name!r} is not supported (supported: force_tcp, prefer_udp, "
-                          "policy, max_concurrent; read and noted: max_fails, expire, health_check)")
+                          "policy, max_concurrent, randomize_case; read and noted: max_fails, expire, health_check)")
     origin = CLUSTER_DNS if CLUSTER_DNS in origins else UPSTREAM_SERVERS if UPSTREAM_SERVERS in origins else ""
-    return _Forward(servers, transport, policy, origin, from_file, d.line)
+    return _Forward(servers, transport, policy, origin, from_file, d.line, randomize)
 
 
 def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv_conf: str = "/etc/resolv.conf",
@@ -582,7 +587,7 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
         if transport != f.transport:
             notes.append(f"{source}:{f.line}: forward: upstreamNameservers from the kube-dns ConfigMap are asked "
                          "over UDP (as node-cache does)")
-        key = (tuple(f.servers), transport, f.policy)
+        key = (tuple(f.servers), transport, f.policy, f.randomize_case)
         found = keys.get(key)
         if found is not None:
             name = found
@@ -595,6 +600,8 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
                 name = z.name if z.name not in groups and z.name not in ("cluster", "host") else f"forward-{z.name}"
             keys[key] = name
             groups[name] = {"servers": list(f.servers), "transport": transport, "policy": f.policy}
+            if not f.randomize_case:
+                groups[name]["randomize_case"] = False
         cache = dict(z.cache)
         if z.name == cluster_domain and "serve_stale" not in cache:
             cache["serve_stale"] = CLUSTER_SERVE_STALE  # pod IPs move: the cluster zone's shorter default

@@ -115,6 +115,9 @@ class UpstreamGroup:
     health_check: float = _f(0.5, "seconds between probes (`. IN NS`) of a server marked down", lo=0.01)
     udp_retransmit: float = _f(0.4, "seconds of silence after which a UDP query is sent again within one try "
                                     "(at most twice, each leaving this long again for the reply); 0 = off", lo=0)
+    randomize_case: bool = _f(True, "send each query's name in random case (0x20) and drop a reply that does not "
+                                    "echo it exactly (a forger must guess the case as well as ID and port); "
+                                    "false for servers that do not preserve case")
 
     def addresses(self) -> tuple[Address, ...]:
         return tuple(parse_hostport(s, 53, "servers") for s in self.servers)

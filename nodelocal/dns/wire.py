@@ -6,6 +6,7 @@ dnspython is the oracle these functions are tested against (tests/unit/dns/test_
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import NamedTuple
 
@@ -108,6 +109,21 @@ def question_key(buf: bytes, qend: int, suffix: bytes) -> bytes:
     Type and class stay as they are: HTTPS is type 65, the byte 'A', which must not become type 97.
     """
     return buf[HEADER_LEN : qend - 4].lower() + buf[qend - 4 : qend] + suffix
+
+
+# bytes.translate table: 0x20 for every lowercase ASCII letter, 0 for anything else (length octets are
+# <= 63, below 'a', so they are never letters).
+_LETTER_BITS = bytes(0x20 if 0x61 <= c <= 0x7A else 0 for c in range(256))
+
+
+def randomize_case(question_lc: bytes) -> bytes:
+    """`question_lc` (name lowercased, then type and class) with each letter of the name upper-cased at
+    random, from the system CSPRNG (draft-vixie-dnsext-dns0x20: a reply must echo the case, so a forger
+    must guess one more bit per letter). Type and class are left as they are."""
+    name = question_lc[:-4]
+    n = len(name)
+    flip = int.from_bytes(name.translate(_LETTER_BITS), "big") & int.from_bytes(os.urandom(n), "big")
+    return (int.from_bytes(name, "big") ^ flip).to_bytes(n, "big") + question_lc[-4:]
 
 
 # Opt, Record and Scan are NamedTuples, immutable like the frozen dataclasses they were, but made at a

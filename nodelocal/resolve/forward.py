@@ -52,9 +52,12 @@ class Server:
         self.max_fails = group.max_fails
         self.health_check = group.health_check
         self.udp_retransmit = group.udp_retransmit
-        self.udp = UDPPool(addr, group.udp_sockets, stats)
+        self.randomize_case = group.randomize_case
+        # With 0x20 on, a reply must echo the question byte for byte (upstream.reply_matches).
+        self.udp = UDPPool(addr, group.udp_sockets, stats, exact=group.randomize_case)
         # A connection silent for a whole try while queries wait on it is stalled: closed, not reused.
-        self.tcp = TCPPool(addr, group.tcp_connections, group.tcp_idle_timeout, stats, group.try_timeout)
+        self.tcp = TCPPool(addr, group.tcp_connections, group.tcp_idle_timeout, stats, group.try_timeout,
+                           exact=group.randomize_case)
         self.fails = 0  # tries in a row without any reply
         self.down = False
         self.down_since = 0.0
@@ -235,6 +238,8 @@ class Chain:
         query = wire.build_query(0, question, rd, cd, do, wire.EDNS_PAYLOAD)
         if question_lc is None:
             question_lc = question[:-4].lower() + question[-4:]  # the name lowercased; type and class as they are
+        # 0x20: the same question in random case, made at the first try to a server that wants it.
+        mixed: tuple[bytes, bytes] | None = None
         deadline = self.now() + self.query_timeout
         last: Reply | None = None
         tried_before = False
@@ -257,8 +262,14 @@ class Chain:
                 cut_short = not first_try and remaining < group.cfg.try_timeout
                 first_try = False
                 t0 = self.now()
+                q, expect = query, question_lc
+                if server.randomize_case:
+                    if mixed is None:
+                        m = wire.randomize_case(question_lc)
+                        mixed = (wire.build_query(0, m, rd, cd, do, wire.EDNS_PAYLOAD), m)
+                    q, expect = mixed
                 try:
-                    reply = await server.exchange(query, question_lc, min(group.cfg.try_timeout, remaining))
+                    reply = await server.exchange(q, expect, min(group.cfg.try_timeout, remaining))
                 except (UpstreamError, WireError, OSError) as e:
                     outcome = ("timeout" if isinstance(e, UpstreamTimeout)
                                else "malformed" if isinstance(e, WireError) else "error")

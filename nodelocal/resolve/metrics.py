@@ -27,6 +27,8 @@ class ResolveStats:
         self.fallthrough = 0
         self.concurrency_rejects = 0
         self.spoofed = 0
+        # to -> replies dropped only because the name's case differed from the randomised case we sent (0x20)
+        self.case_mismatch: dict[str, int] = {}
         self.upstream_requests: dict[tuple[str, str], int] = {}  # (to, rcode or error) -> count
         self.upstream_duration: dict[tuple[str, str], Histogram] = {}  # (to, rcode) -> answered tries
         self.upstream_servers: dict[str, str] = {}  # to -> group name, every configured server
@@ -133,4 +135,12 @@ class ResolveCollector(Collector):
         yield CounterMetricFamily("nodelocal_spoofed_replies_dropped",
                                   "Upstream replies dropped for a wrong ID, question or source.",
                                   value=s.spoofed)
+        cm = CounterMetricFamily("nodelocal_upstream_case_mismatches",
+                                 "Upstream replies dropped (and counted as spoofed) only because the question's "
+                                 "case differed from the randomised case sent (0x20): many from one server "
+                                 "mean it does not preserve case (randomize_case: false for its group).",
+                                 labels=["to"])
+        for to, n in sorted(s.case_mismatch.items()):
+            cm.add_metric([to], n)
+        yield cm
         yield GaugeMetricFamily("nodelocal_ready", "1 once an upstream has answered.", value=int(s.ready))

@@ -63,21 +63,29 @@ class ConnectionLost(UpstreamError):
         self.at = at
 
 
-def reply_matches(reply: bytes, qid: int, question_lc: bytes) -> bool:
-    """Is `reply` a response to our query `qid` for `question_lc` (lowercased name, then type and class)?
+def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
+    """Is `reply` a response to our query `qid` for `question` (name, then type and class)?
 
-    The name compares case-insensitively; type and class compare as they are (HTTPS is 65, which is
-    byte 'A': lowercasing the whole question would take a reply for type 97 for it).
+    With `exact` (the name went out in randomised case, draft-vixie-dnsext-dns0x20), the reply must echo
+    the question byte for byte: a forger who guessed the ID must also guess the case of every letter.
+    Otherwise `question` has its name lowercased and the name compares case-insensitively; type and class
+    compare as they are (HTTPS is 65, which is byte 'A': lowercasing the whole question would take a
+    reply for type 97 for it).
     """
-    end = wire.HEADER_LEN + len(question_lc)
-    return (
-        len(reply) >= end
-        and _U16.unpack_from(reply, 0)[0] == qid
-        and reply[2] & wire.QR != 0
-        and reply[4:6] == b"\x00\x01"
-        and reply[end - 4 : end] == question_lc[-4:]
-        and reply[wire.HEADER_LEN : end - 4].lower() == question_lc[:-4]
-    )
+    end = wire.HEADER_LEN + len(question)
+    if len(reply) < end or _U16.unpack_from(reply, 0)[0] != qid or not reply[2] & wire.QR or reply[4:6] != b"\x00\x01":
+        return False
+    if exact:
+        return reply[wire.HEADER_LEN : end] == question
+    return reply[end - 4 : end] == question[-4:] and reply[wire.HEADER_LEN : end - 4].lower() == question[:-4]
+
+
+def case_mismatch(reply: bytes, qid: int, question: bytes) -> bool:
+    """A reply that would match `question` but for the case of its name: a forgery, or a server that does
+    not preserve case (counted apart, so that such a server can be found and given randomize_case off)."""
+    lc = question[:-4].lower() + question[-4:]
+    return reply_matches(reply[:wire.HEADER_LEN] + reply[wire.HEADER_LEN : wire.HEADER_LEN + len(question) - 4].lower()
+                         + reply[wire.HEADER_LEN + len(question) - 4 :], qid, lc)
 
 
 class _UDPQuery:
@@ -199,7 +207,7 @@ class _UDPSocket(asyncio.DatagramProtocol):
         if len(data) >= wire.HEADER_LEN and (addr is None or (addr[1] == pool.port and addr[0] == pool.host)):
             qid = data[0] << 8 | data[1]
             q = self.pending.get(qid)
-            if q is not None and reply_matches(data, qid, q.question_lc):
+            if q is not None and reply_matches(data, qid, q.question_lc, pool.exact):
                 del self.pending[qid]
                 self.rx += 1
                 timer = q.timer
@@ -214,8 +222,10 @@ class _UDPSocket(asyncio.DatagramProtocol):
                     self.close()
                 return
             asked = self.late.get(qid)
-            if asked is not None and reply_matches(data, qid, asked):
+            if asked is not None and reply_matches(data, qid, asked, pool.exact):
                 return  # a late or second reply to one of our own queries, which has ended: not a spoof
+            if q is not None and pool.exact and case_mismatch(data, qid, q.question_lc):
+                pool.stats.case_mismatch[pool.label] = pool.stats.case_mismatch.get(pool.label, 0) + 1
         pool.stats.spoofed += 1
 
     def error_received(self, exc: Exception) -> None:
@@ -264,8 +274,9 @@ class UDPPool:
     """
 
     def __init__(self, peer: Address, size: int, stats: ResolveStats, max_queries: int = UDP_SOCKET_QUERIES,
-                 max_age: float = UDP_SOCKET_AGE) -> None:
+                 max_age: float = UDP_SOCKET_AGE, exact: bool = False) -> None:
         self.peer = peer
+        self.exact = exact  # replies must echo the question's case byte for byte (0x20: see reply_matches)
         self.host, self.port = peer
         self.label = format_hostport(peer)
         self.size = size
@@ -417,8 +428,11 @@ class _TCPConn(asyncio.Protocol):
         for msg in wire.pop_frames(self.buf):
             qid = msg[0] << 8 | msg[1] if len(msg) >= 2 else -1
             waiter = self.pending.get(qid)
-            if waiter is None or not reply_matches(msg, qid, waiter[1]):
-                self.pool.stats.spoofed += 1
+            if waiter is None or not reply_matches(msg, qid, waiter[1], self.pool.exact):
+                stats = self.pool.stats
+                if waiter is not None and self.pool.exact and case_mismatch(msg, qid, waiter[1]):
+                    stats.case_mismatch[self.pool.label] = stats.case_mismatch.get(self.pool.label, 0) + 1
+                stats.spoofed += 1
                 continue
             del self.pending[qid]
             if not waiter[0].done():
@@ -505,8 +519,9 @@ class TCPPool:
     """
 
     def __init__(self, peer: Address, size: int, idle_timeout: float, stats: ResolveStats,
-                 stall_timeout: float | None = None) -> None:
+                 stall_timeout: float | None = None, exact: bool = False) -> None:
         self.peer = peer
+        self.exact = exact  # replies must echo the question's case byte for byte (0x20: see reply_matches)
         self.label = f"{peer[0]}:{peer[1]}"
         self.size = size
         self.idle_timeout = idle_timeout

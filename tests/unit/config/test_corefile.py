@@ -222,6 +222,32 @@ def test_forward_options_ports_and_schemes(resolv: str) -> None:
     assert any("max_fails" in n for n in res.notes) and any("log:" in n for n in res.notes)
 
 
+def test_forward_randomize_case_off_is_a_group_of_its_own(resolv: str) -> None:
+    text = """
+    a.test {
+        forward . 192.0.2.1 {
+            randomize_case off
+        }
+    }
+    b.test {
+        forward . 192.0.2.1
+    }
+    . {
+        forward . 192.0.2.1 {
+            randomize_case on
+        }
+    }
+    """
+    res = load_text(text, Pillars(), resolv_conf=resolv)
+    cfg = config.load(None, res.data, env={}, resolv_conf=resolv)
+    off = cfg.upstreams[cfg.zones["a.test"].forward[0]]
+    on = cfg.upstreams[cfg.zones["b.test"].forward[0]]
+    assert off.randomize_case is False and on.randomize_case is True
+    assert cfg.zones["b.test"].forward == cfg.zones["."].forward  # same servers and options: one group
+    assert problems_of(". {\n forward . 192.0.2.1 {\n randomize_case maybe\n }\n}\n") == [
+        (3, "forward: bad arguments for randomize_case: 'maybe'")]
+
+
 def test_zone_keys_are_normalised(resolv: str) -> None:
     res = load_text("dns://Example.COM.:53 b.test, c.test {\n forward . 192.0.2.1\n}\n. {\n forward . 192.0.2.2\n}",
                     Pillars(), resolv_conf=resolv)
@@ -264,7 +290,7 @@ def test_unknown_directives_and_options_are_reported_with_lines() -> None:
 """
     assert problems_of(text) == [
         (3, "forward: option 'tls_servername' is not supported (supported: force_tcp, prefer_udp, policy, "
-            "max_concurrent; read and noted: max_fails, expire, health_check)"),
+            "max_concurrent, randomize_case; read and noted: max_fails, expire, health_check)"),
         (5, "directive 'rewrite' is not supported (the Corefile subset: bind, cache, forward, health, prometheus, "
             "reload, loop, errors, log, ready)"),
         (7, "cache: unknown option 'jitter' (known: success, denial, prefetch, serve_stale, serve_stale_policy, "

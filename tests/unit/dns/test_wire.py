@@ -585,3 +585,23 @@ def test_mutated_responses_scan_consistently_with_dnspython(resp: tuple[bytes, l
     as_dnspython_reads = [(r.section, r.rtype, 0 if r.ttl > 0x7FFFFFFF else r.ttl) for r in sc.records]
     assert as_dnspython_reads == _dnspython_rrs(mutated_b)
     assert (sc.opt is not None) == (m.edns >= 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# randomize_case (0x20)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=5), st.integers(0, 65535))
+def test_randomize_case_changes_only_the_case_of_letters(labels: list[bytes], qtype: int) -> None:
+    q = (b"".join(bytes([len(x)]) + x for x in labels) + b"\x00").lower() + struct.pack(">HH", qtype, 1)
+    m = wire.randomize_case(q)
+    assert len(m) == len(q) and m[-4:] == q[-4:]  # type and class untouched (HTTPS is byte 'A')
+    assert m[:-4].lower() == q[:-4]
+    assert all(a == b or (a ^ b == 0x20 and chr(b).isalpha()) for a, b in zip(m, q, strict=True))
+
+
+def test_randomize_case_is_random() -> None:
+    q = b"\x20" + b"a" * 32 + b"\x00\x00\x01\x00\x01"
+    seen = {wire.randomize_case(q) for _ in range(20)}
+    assert len(seen) == 20  # 32 letters: a repeat has odds 2**-32 per pair
+    assert all(any(c in b"A" for c in m) and any(c in b"a" for c in m) for m in seen)

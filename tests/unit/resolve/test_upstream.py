@@ -25,6 +25,7 @@ from nodelocal.resolve.upstream import (
     UDPPool,
     _UDPQuery,
     _UDPSocket,
+    case_mismatch,
     reply_matches,
 )
 from tests.fakedns import DROP, SPOOF, FakeDNS, free_port
@@ -136,6 +137,72 @@ def test_reply_to_an_https_query_matches() -> None:
     """Type 65 is the byte 'A': the genuine reply must match (and a reply in another name case too)."""
     assert reply_matches(make_reply(NAME, "HTTPS"), QID, name_lc(question(rdtype=HTTPS)))
     assert reply_matches(make_reply(NAME.upper(), "HTTPS"), QID, name_lc(question(rdtype=HTTPS)))
+
+
+# 0x20: with `exact`, the reply must echo the randomised question byte for byte.
+
+def test_exact_reply_must_echo_the_case_sent() -> None:
+    sent = question("wWw.ExAmple.tEST")
+    assert reply_matches(make_reply("wWw.ExAmple.tEST"), QID, sent, exact=True)
+    assert not reply_matches(make_reply("www.example.test"), QID, sent, exact=True)
+    assert not reply_matches(make_reply("wWw.ExAmple.tESt"), QID, sent, exact=True)
+    assert case_mismatch(make_reply("www.example.test"), QID, sent)
+    assert not case_mismatch(make_reply("other.example.test"), QID, sent)
+    assert not case_mismatch(make_reply("www.example.test", qid=QID ^ 1), QID, sent)
+    # Type and class stay exact too: HTTPS (65, byte 'A') is not type 97.
+    https = wire.randomize_case(name_lc(question(rdtype=HTTPS)))
+    assert not reply_matches(make_reply(NAME, "TYPE97"), QID, https, exact=True)
+
+
+def test_udp_reply_in_the_wrong_case_is_dropped_as_forged_and_counted() -> None:
+    """A forger with the right ID, source and question but not the case gets nothing in; the real reply does."""
+    async def go() -> tuple[bytes, ResolveStats]:
+        got: list[bytes] = []
+        loop = asyncio.get_running_loop()
+
+        class Up(asyncio.DatagramProtocol):
+            def connection_made(self, t: asyncio.BaseTransport) -> None:
+                self.t = t
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.append(data)
+                lower = data[:12] + data[12:].lower()  # the question as a forger who cannot see it spells it
+                self.t.sendto(reply_to(lower, "6.6.6.6"), addr)  # type: ignore[attr-defined]
+                self.t.sendto(reply_to(data), addr)  # type: ignore[attr-defined]
+
+        t, _ = await loop.create_datagram_endpoint(Up, local_addr=("127.0.0.1", 0))
+        peer = t.get_extra_info("sockname")[:2]
+        stats = ResolveStats()
+        pool = UDPPool(peer, 1, stats, exact=True)
+        try:
+            sent = wire.randomize_case(name_lc(question()))
+            assert sent != name_lc(question())  # 14 letters: all lowercase has odds 2**-14
+            r = await pool.exchange(query(0)[:12] + sent + query(0)[12 + len(sent):], sent, 2.0)
+            assert got[0][12:12 + len(sent)] == sent  # it went out as given
+            return r, stats
+        finally:
+            pool.close()
+            t.close()
+
+    r, stats = run(go)
+    assert str(dns.message.from_wire(r).answer[0][0]) == "192.0.2.1"
+    assert stats.spoofed == 1
+    assert sum(stats.case_mismatch.values()) == 1
+
+
+def test_tcp_reply_in_the_wrong_case_is_dropped_as_forged() -> None:
+    sent = wire.randomize_case(name_lc(question()))
+
+    def forge_then_answer(peer: Peer, q: bytes) -> None:
+        peer.send(reply_to(q[:12] + q[12:].lower(), "6.6.6.6"))
+        peer.send(reply_to(q))
+
+    async def body(up: TCPUpstream, pool: TCPPool, stats: ResolveStats) -> None:
+        r = await pool.exchange(query(0)[:12] + sent + query(0)[12 + len(sent):], sent, 2.0)
+        assert str(dns.message.from_wire(r).answer[0][0]) == "192.0.2.1"
+        assert stats.spoofed == 1 and sum(stats.case_mismatch.values()) == 1
+
+    pool_test(body, on_query=forge_then_answer, exact=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -583,12 +650,12 @@ def answer_now(peer: Peer, q: bytes) -> None:
 
 
 def pool_test(body: Callable[[TCPUpstream, TCPPool, ResolveStats], Awaitable[T]], size: int = 4,
-              idle: float = 10.0, on_query: Callable[[Peer, bytes], None] | None = None) -> T:
+              idle: float = 10.0, on_query: Callable[[Peer, bytes], None] | None = None, exact: bool = False) -> T:
     async def go() -> T:
         up = TCPUpstream(on_query)
         peer = await up.start()
         stats = ResolveStats()
-        pool = TCPPool(peer, size, idle, stats)
+        pool = TCPPool(peer, size, idle, stats, exact=exact)
         try:
             return await body(up, pool, stats)
         finally:
