@@ -54,3 +54,7 @@ class UpstreamTimeout(UpstreamError):
 
 class BindError(NodelocalError):
     """Raised when a listener cannot bind its address (in use, not local, no permission)."""
+
+
+class ControlError(NodelocalError):
+    """Raised when the agent's control socket cannot be reached or refuses a request; says why and what to do."""

@@ -11,7 +11,8 @@ new config; Agent.apply() builds a new resolver beside the old one and swaps it 
   4. cache     zones whose upstream chain changed are emptied, as are removed zones and the zone an
                added zone takes names from; every other zone keeps its entries (reload.plan)
   5. retire    the old resolver finishes its queries in flight, then closes its upstream connections
-Listen addresses, network setup, the HTTP addresses, the live page and the PID file are fixed at start:
+Listen addresses, network setup, the HTTP addresses, the live page, the PID file and the control socket
+(control.py: `nodelocal cache`, `nodelocal doctor`) are fixed at start:
 a change there is logged as needing a restart, and the rest is applied.
 """
 
@@ -28,17 +29,20 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from nodelocal import BindError
+from nodelocal import BindError, __version__
+from nodelocal.agent.control import ControlServer, entry_info, matching, picker
 from nodelocal.agent.health import SelfCheck, upstream_problem
 from nodelocal.agent.periodic import every
 from nodelocal.agent.reload import RESTART_FIELDS, Change, Reloader, plan
 from nodelocal.cache.store import DENIAL, SUCCESS, Store
 from nodelocal.config import Config, describe, format_hostport
 from nodelocal.config.source import Loaded, Source
+from nodelocal.dns.names import labels_of_text, to_wire, zone_name
 from nodelocal.netsetup import NetSetup
 from nodelocal.netsetup.plan import HEARTBEAT_INTERVAL
 from nodelocal.netsetup.runner import ERR_CONFIGMAP
@@ -90,6 +94,10 @@ class Agent:
         self._pidfile: Path | None = None
         self.selfcheck = SelfCheck(lambda: self.bound, now=now)  # /health and /ready (health.py)
         self.leaving = ""  # why /ready says no for good: a shutdown or a handover has begun
+        self.loaded = loaded
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.control: ControlServer | None = None
 
     def stop(self) -> None:
         self.leaving = self.leaving or "shutting down"
@@ -122,6 +130,7 @@ class Agent:
         # 3. Serve: HTTP endpoints, the cache sweeper, prefetch, the live page's ticker, the readiness probe;
         #    signals ask for a stop.
         await self._serve_http()
+        await self._serve_control()
         tasks.append(loop.create_task(every(lambda: self.cfg.cache.sweep_interval,
                                             lambda: self.store.sweep(self.now()), "sweep", failures)))
         tasks.append(loop.create_task(every(PREFETCH_TICK, lambda: self.resolver.prefetch_due(), "prefetch",
@@ -155,6 +164,8 @@ class Agent:
             log.info("stopping: draining for up to %.1fs", drain_timeout)
             for s in self.servers:
                 s.close()
+            if self.control is not None:
+                self.control.close()
             pending = set(self.tcp.tasks)
             for p in self.udp_protocols:
                 pending |= p.tasks
@@ -241,6 +252,26 @@ class Agent:
             sa = server.sockets[0].getsockname()
             self.bound.append(("http", (sa[0], sa[1])))
 
+    async def _serve_control(self) -> None:
+        """The control socket (control.py). Failing to bind it is logged, not fatal: DNS comes first."""
+        ctl = self.cfg.control
+        if not ctl.socket:
+            return
+        server = ControlServer(ctl.socket, self.store, self.status, self.route, self.now, ctl.max_dump, ctl.timeout,
+                               on_flush=self._flushed)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("control socket %s: %s: `nodelocal cache` and `nodelocal doctor` cannot reach this agent",
+                      ctl.socket, e.strerror or e)
+            return
+        self.control = server
+
+    def _flushed(self, keys: list[bytes]) -> None:
+        """A flushed name is asked upstream at its next query, not answered stale (failure recheck)."""
+        for k in keys:
+            self.resolver.recheck.pop(k, None)
+
     def _write_pidfile(self) -> None:
         if not self.cfg.pidfile:
             return
@@ -285,6 +316,65 @@ class Agent:
         if problem is not None:
             return problem
         return upstream_problem(self.resolver.groups, self.meters.resolve, len(self.store.index))
+
+    # -- the control endpoint's views ----------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """What `nodelocal doctor` and `nodelocal cache` learn about this agent (control.py, op "status")."""
+        cfg = self.cfg
+        loaded = self.loaded
+        code, _ctype, body = await self._ready()
+        hcode, _ctype, hbody = await self._health()
+        upstreams = []
+        for g in self.resolver.groups.values():
+            for srv in g.servers:
+                upstreams.append({"group": g.name, "server": srv.label, "transport": srv.transport,
+                                  "down": srv.down, "fails": srv.fails,
+                                  "down_for": round(time.monotonic() - srv.down_since, 1) if srv.down else 0.0})
+        ns = self.netsetup
+        return {
+            "version": __version__, "pid": os.getpid(), "uptime": round(time.monotonic() - self.started_mono, 1),
+            "started": self.started,
+            "config": {"kind": loaded.kind if loaded else "flags", "path": loaded.path if loaded else None},
+            "listeners": [{"proto": p, "address": format_hostport(a)} for p, a in self.bound]
+            + ([{"proto": "control", "address": str(self.control.path)}] if self.control is not None else []),
+            "listen": {"localip": list(cfg.listen.localip), "port": cfg.listen.port},
+            "ready": {"code": code, "text": body.decode(errors="replace").strip()},
+            "health": {"code": hcode, "text": hbody.decode(errors="replace").strip()},
+            "stopping": self.stop_event.is_set(), "leaving": self.leaving,
+            "cluster_domain": cfg.cluster_domain,
+            "groups": {name: {"servers": list(g.servers), "transport": g.transport, "policy": g.policy}
+                       for name, g in cfg.upstreams.items()},
+            "zones": {name: list(z.forward) for name, z in cfg.zones.items()},
+            "upstreams": upstreams,
+            "loops": dict(self.meters.resolve.loops),
+            "setup": cfg.setup,
+            "netsetup": {
+                "interface": cfg.netsetup.interface_name, "rules_backend": cfg.netsetup.rules_backend,
+                "backend_in_use": ns.backend.name if ns is not None and ns.backend is not None else None,
+                "rules_in": ns.rules_in if ns is not None else False,
+                "kube_dns_ips": list(ns.kube_dns) if ns is not None else [],
+                "failopen": dict(self.meters.setup.setup_failopen),
+                "health_port": ns.health_port if ns is not None else 0,
+            },
+            "metrics_addr": format_hostport(cfg.metrics_address()),
+            "health_addr": format_hostport(cfg.health_address()),
+            "cache": {"entries": len(self.store.index), "bytes": self.store.bytes, "max_bytes": self.store.max_bytes},
+        }
+
+    async def route(self, name: str) -> dict[str, Any]:
+        """Where a name goes (control.py, op "route"): its zone, the groups and servers in the order a miss
+        tries them now (health included), and what the cache holds for it."""
+        route = self.resolver.router.match(labels_of_text(zone_name(name)))
+        groups = []
+        for g in route.chain.groups:
+            order = g.order() if g.cfg.policy == "sequential" else g.servers
+            groups.append({"group": g.name, "transport": g.cfg.transport, "policy": g.cfg.policy,
+                           "servers": [{"server": s.label, "down": s.down} for s in order]})
+        keys = await matching(self.store, picker(to_wire(zone_name(name))))
+        now = self.now()
+        entries = [entry_info(e, now) for k in keys if (e := self.store.index.get(k)) is not None]
+        return {"name": zone_name(name), "zone": route.name, "groups": groups, "entries": entries}
 
     # -- config changes ----------------------------------------------------------------------------------
 

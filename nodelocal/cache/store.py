@@ -233,6 +233,15 @@ class Store:
                 for e in list(part.lru.values()):
                     self._drop(e)
 
+    def drop(self, key: bytes) -> bool:
+        """Remove the entry for `key` (a cache flush); True when there was one. The UDP reply memo sees
+        the entry's partition gone and stops answering from it."""
+        e = self.index.get(key)
+        if e is None:
+            return False
+        self._drop(e)
+        return True
+
     def entries(self, kind: int) -> int:
         return sum(len(p.lru) for p in self.partitions.values() if p.kind == kind)
 

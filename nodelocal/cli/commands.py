@@ -1,4 +1,4 @@
-"""Command line: `nodelocal serve | check-config | dnsconfig | stats | version`. Each serve flag maps to one
+"""Command line: `nodelocal serve | check-config | dnsconfig | stats | cache | version`. Each serve flag maps to one
 config field; node-cache's flags (Go spellings too) are accepted beside them (compat.py)."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from nodelocal import ConfigError, NodelocalError, __version__
+from nodelocal import ConfigError, ControlError, NodelocalError, __version__
 from nodelocal.cli import dnsconfig
 from nodelocal.cli import nodecache as compat
+from nodelocal.cli.control import DEFAULT_SOCKET
 from nodelocal.config import Config, describe
 from nodelocal.config.source import Loaded, Source
 
@@ -113,6 +114,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serves /metrics [metrics_addr]")
     p.add_argument("--health-addr", metavar="HOST:PORT",
                    help="serves /health and /ready [health_addr]; default: the first localip, port 8080")
+    p.add_argument("--control-socket", metavar="PATH",
+                   help="socket for `nodelocal cache` and `nodelocal doctor`; empty = none [control.socket]")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
     p.add_argument("--dev", action="store_true",
                    help="laptop profile: 127.0.0.1:5300 (off the mDNS port 5353), no setup, loopback metrics and "
@@ -143,7 +146,36 @@ def build_parser() -> Parser:
     stats.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch refresh period")
     stats.add_argument("--count", type=int, default=0, metavar="N", help="--watch: stop after N refreshes; 0 = never")
     stats.add_argument("--json", action="store_true", help="print /api/stats as JSON")
+    cache = sub.add_parser("cache", help="see or flush a running agent's cache (through its control socket; root)")
+    csub = cache.add_subparsers(dest="cache_command", required=True, parser_class=Parser)
+    cdump = csub.add_parser("dump", help="the cached entries, or those of one NAME: type, rcode, TTL left, "
+                                         "stale or not, the records")
+    cdump.add_argument("name", nargs="?", metavar="NAME", help="only this name's entries (every type)")
+    cdump.add_argument("--json", action="store_true", help="one JSON object per entry")
+    cflush = csub.add_parser("flush", help="drop entries: one NAME (every type), a --zone, or --all")
+    which = cflush.add_mutually_exclusive_group(required=True)
+    which.add_argument("name", nargs="?", metavar="NAME", help="drop this name's entries (every type)")
+    which.add_argument("--zone", metavar="ZONE", help="drop every entry at or below ZONE")
+    which.add_argument("--all", action="store_true", help="drop every entry")
+    for p in (cdump, cflush):
+        p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                       help="the agent's control socket [control.socket]")
     return parser
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from nodelocal.cli import cache as cachecli
+
+    try:
+        if args.cache_command == "dump":
+            return cachecli.dump(args.socket, args.name, args.json)
+        return cachecli.flush(args.socket, args.name, args.zone, args.all)
+    except ControlError as e:
+        print(f"nodelocal: cache {args.cache_command}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `nodelocal cache dump | head`: the reader has all it wants
+        sys.stderr.close()
+        return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -202,6 +234,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
                             ("log_level", "log_level")):
         if getattr(args, flag) is not None:
             out[fieldname] = getattr(args, flag)
+    if args.control_socket is not None:
+        out["control"] = {"socket": args.control_socket}
     if not listen:
         del out["listen"]
     return out
@@ -248,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_stats(args)
     if args.command == "dnsconfig":
         return run_dnsconfig(args)
+    if args.command == "cache":
+        return run_cache(args)
     try:
         flags = overrides_from(args)
         notes = compat.overrides(args, flags)

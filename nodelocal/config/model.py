@@ -189,6 +189,16 @@ class NetSetupConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The agent's local control endpoint (nodelocal cache, nodelocal doctor): a Unix socket only root reaches."""
+
+    socket: str = _f("/run/nodelocal/control.sock", "path of the control socket (mode 0600, owned by the agent's "
+                                                    "user: root); empty = no control endpoint")
+    max_dump: int = _f(10000, "entries one `cache dump` sends at most; past it the dump says it was cut", lo=1)
+    timeout: float = _f(5.0, "seconds a control client may take to send its request and read the reply", lo=0.1)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole agent config."""
 
@@ -209,6 +219,7 @@ class Config:
     pidfile: str = _f("", "write the agent's PID here once every listener is bound (node-cache's -pidfile)")
     log_level: str = _f("info", "debug, info, warning or error",
                         choices=("debug", "info", "warning", "error"))
+    control: ControlConfig = _f(ControlConfig(), "the local control endpoint")
 
     def health_address(self) -> Address:
         if self.health_addr:

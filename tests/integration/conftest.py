@@ -29,6 +29,7 @@ class RunningAgent:
             "setup": False,
             "metrics_addr": "127.0.0.1:0",
             "health_addr": "127.0.0.1:0",
+            "control": {"socket": ""},  # tests that use it name their own (never the host's /run/nodelocal)
         }
         self.cfg = load(None, _merge(base, overrides), env={}, resolv_conf="/nonexistent")
         self.agent: Agent | None = None

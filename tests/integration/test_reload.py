@@ -99,6 +99,7 @@ def agent_yaml(port: int, cluster: FakeDNS, host: FakeDNS, **extra: Any) -> str:
         "metrics_addr": "127.0.0.1:0",
         "health_addr": "127.0.0.1:0",
         "reload_interval": 0.1,
+        "control": {"socket": ""},
         "upstreams": {"cluster": {"servers": [f"127.0.0.1:{cluster.port}"], "try_timeout": 0.5},
                       "host": {"servers": [f"127.0.0.1:{host.port}"], "try_timeout": 0.5}},
     }
