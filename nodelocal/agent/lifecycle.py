@@ -262,8 +262,8 @@ class Agent:
         try:
             await server.start()
         except OSError as e:
-            log.error("control socket %s: %s: `nodelocal cache` and `nodelocal doctor` cannot reach this agent",
-                      ctl.socket, e.strerror or e)
+            log.warning("control socket %s: %s: `nodelocal cache` and `nodelocal doctor` cannot reach this agent",
+                        ctl.socket, e.strerror or e)
             return
         self.control = server
 
