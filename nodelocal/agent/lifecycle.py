@@ -45,6 +45,7 @@ from nodelocal.config.source import Loaded, Source
 from nodelocal.dns.names import labels_of_text, to_wire, zone_name
 from nodelocal.netsetup import NetSetup
 from nodelocal.netsetup.plan import HEARTBEAT_INTERVAL
+from nodelocal.netsetup.ranges import read_node_networks
 from nodelocal.netsetup.runner import ERR_CONFIGMAP
 from nodelocal.observe import page
 from nodelocal.observe.http import HTTPServer
@@ -53,6 +54,7 @@ from nodelocal.observe.meters import Meters
 from nodelocal.resolve import loop as loopdetect
 from nodelocal.resolve.probe import wait_ready
 from nodelocal.resolve.resolver import Resolver
+from nodelocal.server.clients import Clients
 from nodelocal.server.sockets import bind_tcp, bind_udp
 from nodelocal.server.tcp import TCPServer
 from nodelocal.server.udp import UDPServer
@@ -81,8 +83,11 @@ class Agent:
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.udp_protocols: list[UDPServer] = []
         self.servers: list[asyncio.Server] = []
+        # Access list and per-client limits, shared by every listener; the node's ranges are read at start.
+        self.clients = Clients(cfg, None, now)
+        self.meters.server.client_sizes = self.clients.sizes
         self.tcp = TCPServer(self.resolver, self.meters.server, cfg.listen.tcp_idle_timeout,
-                             cfg.listen.tcp_max_connections, cfg.listen.tcp_max_pipelined, self.live)
+                             cfg.listen.tcp_max_connections, cfg.listen.tcp_max_pipelined, self.live, self.clients)
         self.bound: list[tuple[str, tuple[str, int]]] = []  # ("udp"/"tcp"/"http", address) actually bound
         # Network setup's calls block (netlink, nft/iptables): one thread of their own runs them in order.
         self.netsetup = NetSetup(cfg, self.meters.setup) if cfg.setup else None
@@ -114,6 +119,7 @@ class Agent:
         #    left as it is). A failed bind tears nothing down: the address may be another agent's, alive.
         if self.netsetup is not None:
             await self._in_setup(self.netsetup.ensure_link)
+        await self._read_ranges(first=True)
         await self._bind()
         self.meters.agent.listening = True
         # 2. Network setup: the conntrack-bypass rules go in only now that listeners are bound; from here
@@ -131,6 +137,10 @@ class Agent:
         #    signals ask for a stop.
         await self._serve_http()
         await self._serve_control()
+        # The node's ranges (access control) are read again as often as the rules are reconciled: a new node
+        # or IPAM block adds a route.
+        tasks.append(loop.create_task(every(lambda: self.cfg.netsetup.sync_interval, self._read_ranges, "acl-ranges",
+                                            failures)))
         tasks.append(loop.create_task(every(lambda: self.cfg.cache.sweep_interval,
                                             lambda: self.store.sweep(self.now()), "sweep", failures)))
         tasks.append(loop.create_task(every(PREFETCH_TICK, lambda: self.resolver.prefetch_due(), "prefetch",
@@ -225,12 +235,41 @@ class Agent:
                 proto = UDPServer(self.resolver, self.store, self.meters.server, listen.max_udp_payload, self.now,
                                   live=self.live, ipv6=sock.family == socket.AF_INET6,
                                   client_timeout=listen.client_timeout, max_pending=listen.max_pending,
-                                  exempt=self.selfcheck.exempt)
+                                  exempt=self.selfcheck.exempt, clients=self.clients)
                 transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp_transports.append(transport)
                 self.udp_protocols.append(proto)
             else:
                 self.servers.append(await loop.create_server(self.tcp.protocol, sock=sock))
+
+    async def _read_ranges(self, first: bool = False) -> None:
+        """Read the node's addresses and routes (acl.node_ranges) and apply them to the access list."""
+        node = None
+        if self.cfg.acl.node_ranges:
+            try:
+                node = await asyncio.get_running_loop().run_in_executor(None, read_node_networks)
+            except Exception as e:
+                if not first:
+                    raise  # counted by the periodic task; the ranges read last stay
+                log.error("cannot read the node's addresses and routes (%s): answering loopback, the listen "
+                          "addresses and acl.allow only", e)
+        changed = self.clients.configure(self.cfg, node)
+        if changed or first:
+            self._acl_changed()
+
+    def _acl_changed(self) -> None:
+        """Hand the listeners the new verdicts; say who is answered (and warn when it is everyone)."""
+        c = self.clients
+        v = c.verdicts
+        assert v is not None
+        for p in self.udp_protocols:
+            p.allowed = None if v.everyone else v
+        self.meters.server.acl_networks = 0 if v.everyone else len(v.networks[0]) + len(v.networks[1])
+        if v.open:
+            log.warning("access control: every client is answered (acl.allow holds 0.0.0.0/0 or ::/0): anyone who "
+                        "reaches a listen address gets answers, cluster names included: an open resolver")
+        if not v.everyone:
+            log.info("answering clients from %s (others: %s)", v.describe(), self.cfg.acl.action)
 
     async def _serve_http(self) -> None:
         metrics = HTTPServer({"/metrics": self._metrics})
@@ -454,6 +493,12 @@ class Agent:
             p.resolver = resolver
         self.tcp.resolver = resolver
         self.cfg = new
+        if self.clients.configure(new):
+            self._acl_changed()
+        for p in self.udp_protocols:
+            p.rate = self.clients.rate
+        if new.acl != old.acl:
+            self._spawn(self._read_ranges())
         store.max_bytes = new.cache.max_bytes
         for z in change.cleared:
             store.clear(z)

@@ -111,6 +111,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="re-check interface and rules this often [netsetup.sync_interval]")
     p.add_argument("--skip-teardown", action="store_true",
                    help="leave interface and rules on exit [netsetup.skip_teardown=true]")
+    p.add_argument("--allow", action="append", metavar="CIDR",
+                   help="answer clients from CIDR too, repeatable [acl.allow]; beside the node's own ranges")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serves /metrics [metrics_addr]")
     p.add_argument("--health-addr", metavar="HOST:PORT",
                    help="serves /health and /ready [health_addr]; default: the first localip, port 8080")
@@ -220,6 +222,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         out["upstreams"] = ups
     if args.cluster_domain is not None:
         out["cluster_domain"] = args.cluster_domain
+    if args.allow:
+        out["acl"] = {"allow": list(args.allow)}
     if args.no_setup:
         out["setup"] = False
     netsetup: dict[str, Any] = {}

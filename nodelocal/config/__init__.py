@@ -8,8 +8,10 @@ This package's face is the model: `from nodelocal.config import Config` and its 
 from __future__ import annotations
 
 from nodelocal.config.model import (
+    ACLConfig,
     Address,
     CacheConfig,
+    ClientsConfig,
     Config,
     ControlConfig,
     ListenConfig,
@@ -27,8 +29,10 @@ from nodelocal.config.model import (
 )
 
 __all__ = [
+    "ACLConfig",
     "Address",
     "CacheConfig",
+    "ClientsConfig",
     "Config",
     "ControlConfig",
     "ListenConfig",

@@ -48,7 +48,8 @@ STALE_DEFAULT = 3600.0
 PREFETCH_PERCENT_DEFAULT = 10
 
 # Directives read and acted on, and those read but only noted (the rest is an error).
-DIRECTIVES = ("bind", "cache", "forward", "health", "prometheus", "reload", "loop", "errors", "log", "ready")
+DIRECTIVES = ("bind", "cache", "forward", "health", "prometheus", "reload", "loop", "errors", "log", "ready", "acl",
+              "any")
 
 
 @dataclass(frozen=True)
@@ -418,6 +419,56 @@ def _cache(d: Directive, p: _Problems, notes: list[str], src: str) -> dict[str, 
     return c
 
 
+def _acl(d: Directive, zones: list[str], p: _Problems) -> dict[str, Any] | None:
+    """CoreDNS `acl [ZONES] { ACTION [type ...] [net ...] }` as nodelocal's one access list: any number of
+    `allow net CIDR...` rules, then at most one final `block` or `drop` for every other source (no `net`,
+    or `net *`). Rules are tried in order and an unmatched query is allowed (CoreDNS's semantics), so without
+    that final rule everyone is answered. Exactly what it says: the node's ranges are not added."""
+    for t in d.args:
+        if zone_name(t.text) not in (".", *zones):
+            p.add(t.line, f"acl: zone {t.text!r}: nodelocal has one access list for every zone of the block")
+            return None
+    allow: list[str] = []
+    action: str | None = None
+    for rule in d.block or []:
+        words = [t.text for t in rule.args]
+        if action is not None:
+            p.add(rule.line, "acl: a rule after the final block/drop is never reached")
+            return None
+        if "type" in words:
+            p.add(rule.line, "acl: per-type rules are not supported (ANY over UDP gets a minimal answer anyway)")
+            return None
+        nets = words[1:] if words[:1] == ["net"] else None
+        if words and nets is None:
+            p.add(rule.line, f"acl: expected `{rule.name} [net SOURCE...]`, got {' '.join(words)!r}")
+            return None
+        if rule.name == "allow":
+            if not nets:
+                p.add(rule.line, "acl: allow needs `net SOURCE...`")
+                return None
+            for n in nets:
+                if n == "*":
+                    allow += ["0.0.0.0/0", "::/0"]
+                    continue
+                try:
+                    allow.append(str(ipaddress.ip_network(n, strict=False)))
+                except ValueError:
+                    p.add(rule.line, f"acl: {n!r} is not a CIDR")
+                    return None
+        elif rule.name in ("block", "drop"):
+            if nets not in (None, ["*"]):
+                p.add(rule.line, f"acl: {rule.name} takes every other source (no net, or net *): nodelocal's access "
+                                 "list allows listed ranges and refuses or drops the rest")
+                return None
+            action = "refuse" if rule.name == "block" else "drop"
+        else:
+            p.add(rule.line, f"acl: action {rule.name!r} is not supported (allow, then a final block or drop)")
+            return None
+    if action is None:
+        allow = ["0.0.0.0/0", "::/0"]  # nothing is blocked: every source is answered
+    return {"allow": allow, "node_ranges": False, "action": action or "refuse"}
+
+
 def _forward(d: Directive, zones: list[str], p: _Problems, notes: list[str], src: str,
              resolv_conf: str, max_concurrent: list[int]) -> _Forward | None:
     """CoreDNS `forward FROM TO... { force_tcp | prefer_udp | policy P | max_concurrent N | ... }`, and ours:
@@ -492,6 +543,7 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
     metrics: list[tuple[str, int]] = []
     max_concurrent: list[int] = []
     loop = False
+    acls: list[tuple[dict[str, Any], int]] = []
     for b in blocks:
         names: list[str] = []
         for k in b.keys:
@@ -509,7 +561,7 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
                 p.add(d.line, f"{d.name} given twice in one server block (first on line {seen[d.name]})")
                 continue
             seen.setdefault(d.name, d.line)
-            if d.block is not None and d.name not in ("cache", "forward", "health", "errors", "reload"):
+            if d.block is not None and d.name not in ("cache", "forward", "health", "errors", "reload", "acl"):
                 p.add(d.line, f"{d.name} takes no block here")
             if d.name == "bind":
                 for t in d.args:
@@ -547,6 +599,14 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
                                  "for up to 5 s on SIGTERM)")
             elif d.name == "loop":
                 loop = True
+            elif d.name == "acl":
+                acl = _acl(d, names, p)
+                if acl is not None:
+                    acls.append((acl, d.line))
+            elif d.name == "any":
+                if d.args:
+                    p.add(d.line, "any takes no arguments")
+                # RFC 8482 minimal ANY answers are nodelocal's default (resolve.minimal_any): nothing to map.
             elif d.name == "log":
                 notes.append(f"{source}:{d.line}: log: read, not acted on (nodelocal logs no query; its live page "
                              "samples them)")
@@ -562,6 +622,10 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
             zones.append(_Zone(name, cache, fwd, b.line))
             if fwd is None:
                 p.add(b.line, f"zone {name!r} has no forward: nodelocal answers every zone from upstreams")
+    if len({str(a) for a, _line in acls}) > 1:
+        p.add(acls[1][1], "acl differs between server blocks: nodelocal has one access list for every zone")
+    if acls and len(acls) < len(blocks):
+        p.add(acls[0][1], "acl in some server blocks only: nodelocal has one access list, give it in every block")
     if len(ports) > 1:
         p.add(max(ports.values()), f"server blocks on different ports ({', '.join(map(str, sorted(ports)))}): "
                                    "nodelocal listens on one port")
@@ -611,6 +675,8 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
         "zones": {z.name: zone_data[z.name] for z in zones},
         "resolve": {"loop_detect": loop},
     }
+    if acls:
+        data["acl"] = acls[0][0]
     if binds:
         data["listen"] = {"localip": binds}
     port = next(iter(ports), 53)

@@ -172,6 +172,8 @@ class ResolveConfig:
     loop_detect: bool = _f(False, "at start and on reload, send each upstream a probe and stop forwarding to one "
                                   "that sends it back to the agent (CoreDNS `loop`)")
     prefetch_rate: int = _f(100, "prefetch refreshes started per second at most, over all zones", lo=1)
+    minimal_any: bool = _f(True, "ANY queries over UDP get a minimal answer (RFC 8482: an HINFO \"RFC8482\"), "
+                                 "never the upstream's whole set; over TCP they are forwarded as usual")
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,38 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class ACLConfig:
+    """Which clients are answered (access control). Everything else gets REFUSED or is dropped, is counted
+    (nodelocal_client_limited_total{reason="acl"}), and is never looked up, cached or forwarded."""
+
+    allow: tuple[str, ...] = _f((), "CIDRs answered besides the node's ranges (0.0.0.0/0 and ::/0: everyone, "
+                                    "warned at start)")
+    node_ranges: bool = _f(True, "also answer loopback, the node's own addresses and subnets, and the destinations "
+                                 "of its routes (pod ranges; the default route excluded), re-read every "
+                                 "netsetup.sync_interval")
+    action: str = _f("refuse", "what a client outside the allowed ranges gets: refuse (REFUSED) or drop (nothing)",
+                     choices=("refuse", "drop"))
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    """Per-client fairness: what one source address may take of the agent."""
+
+    max_pending: int = _f(100, "queries of one client on the slow path (misses) at once; past it the client "
+                               "gets REFUSED at once (reason=\"pending\"); 0 = no per-client cap", lo=0)
+    rate: int = _f(0, "responses per second to one client (prefix) over UDP, RRL-style; past it replies are "
+                      "dropped but every `slip`-th is a truncated (TC) reply that sends the client to TCP; "
+                      "0 = off", lo=0)
+    burst: int = _f(0, "responses one client may get at once above `rate` (token bucket size); 0 = rate", lo=0)
+    slip: int = _f(2, "every Nth rate-limited reply is sent truncated (TC=1) rather than dropped; 0 = drop all, "
+                      "1 = truncate all", lo=0)
+    ipv4_prefix: int = _f(32, "IPv4 clients sharing these leading bits share one rate limit", lo=1, hi=32)
+    ipv6_prefix: int = _f(64, "IPv6 clients sharing these leading bits share one rate limit", lo=1, hi=128)
+    max_tracked: int = _f(16384, "clients (prefixes) whose rate is tracked at once; past it the least recently "
+                                 "seen is forgotten", lo=16)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole agent config."""
 
@@ -208,6 +242,8 @@ class Config:
     zones: dict[str, Zone] = _f({}, "zone name -> forwarding and caching; longest suffix wins")
     cache: CacheConfig = _f(CacheConfig(), "the answer cache")
     resolve: ResolveConfig = _f(ResolveConfig(), "the miss path")
+    acl: ACLConfig = _f(ACLConfig(), "which clients are answered")
+    clients: ClientsConfig = _f(ClientsConfig(), "what one client may take")
     setup: bool = _f(True, "create the interface and conntrack rules (network setup)")
     netsetup: NetSetupConfig = _f(NetSetupConfig(), "how network setup works")
     metrics_addr: str = _f("0.0.0.0:9253", "HOST:PORT serving /metrics")
@@ -414,6 +450,11 @@ def validate(cfg: Config) -> None:
     if not 0 < len(name) <= 15 or "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
         raise ConfigError("netsetup.interface_name", name, "not a Linux interface name (1-15 characters, "
                           "no '/' or spaces)")
+    for i, net in enumerate(cfg.acl.allow):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"acl.allow[{i}]", net, "not a CIDR (ADDRESS/PREFIX or ADDRESS)") from None
     for i, ip in enumerate(cfg.netsetup.kube_dns_ips):
         try:
             ipaddress.ip_address(ip)

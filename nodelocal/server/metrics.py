@@ -7,7 +7,7 @@ the same (dashboards keep working), `nodelocal_*` otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -15,7 +15,9 @@ from prometheus_client.registry import Collector
 from nodelocal.dns.wire import RCODE_NAMES
 from nodelocal.observe.histogram import Histogram
 
-SERVER_LABEL = "dns://:53"  # CoreDNS's `server` label for a server bound to every address on port 53
+SERVER_LABEL = "dns://:53"
+LIMITED = (("acl", "refused"), ("acl", "dropped"), ("pending", "refused"), ("rate", "dropped"),
+           ("rate", "truncated"))  # CoreDNS's `server` label for a server bound to every address on port 53
 
 
 class ServerStats:
@@ -33,6 +35,11 @@ class ServerStats:
         self.request_duration = Histogram()  # client queries, from receipt to reply (hits: sampled)
         self.tcp_connections = 0
         self.tcp_rejected = 0
+        # Queries refused, dropped or truncated by client policy (server/clients.py), by (reason, action):
+        # acl (outside the allowed ranges), pending (the client's cap on queries in flight), rate (RRL).
+        self.limited = {k: 0 for k in LIMITED}
+        self.client_sizes: Callable[[], dict[str, int]] = dict  # entries of per-client state, by kind
+        self.acl_networks = 0  # networks in the access list (0: everyone is answered)
 
     def count_reply(self, reply: bytes | None) -> None:
         """One answer sent by the slow path (a reply), or one query dropped without reply (None)."""
@@ -78,6 +85,21 @@ class ServerCollector(Collector):
         for reason, n in s.shed.items():
             dq.add_metric([reason], n)
         yield dq
+        lim = CounterMetricFamily("nodelocal_client_limited",
+                                  "Client queries refused, dropped or truncated by client policy, by reason (acl: "
+                                  "outside the allowed ranges; pending: the client's queries in flight at its cap; "
+                                  "rate: over the client's response rate) and action.", labels=["reason", "action"])
+        for (reason, action), n in s.limited.items():
+            lim.add_metric([reason, action], n)
+        yield lim
+        state = GaugeMetricFamily("nodelocal_client_state_entries",
+                                  "Entries of per-client state (bounded): acl_verdicts, pending, rate.",
+                                  labels=["kind"])
+        for kind, n in s.client_sizes().items():
+            state.add_metric([kind], n)
+        yield state
+        yield GaugeMetricFamily("nodelocal_acl_networks", "Networks whose clients are answered (0: everyone).",
+                                value=s.acl_networks)
         yield GaugeMetricFamily("nodelocal_tcp_connections", "Open client TCP connections.",
                                 value=s.tcp_connections)
         yield CounterMetricFamily("nodelocal_tcp_rejected", "Client TCP connections closed at the cap.",

@@ -9,8 +9,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from nodelocal.dns.wire import frame, pop_frames
+from nodelocal.dns.wire import REFUSED, frame, pop_frames
 from nodelocal.resolve.resolver import Resolver
+from nodelocal.server.clients import Clients, reply_for
 from nodelocal.server.metrics import ServerStats
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class TCPConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.queries = server.stats.queries
         self.peer = "?"
+        self.denied = False  # outside the allowed ranges (acl.action refuse): every query gets REFUSED
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -41,6 +43,13 @@ class TCPConnection(asyncio.Protocol):
             self.peer = str(peer[0])
             if len(peer) == 4:  # an IPv6 socket address: (host, port, flowinfo, scope_id)
                 self.queries = srv.stats.queries6
+        verdicts = srv.clients.verdicts if srv.clients is not None else None
+        if verdicts is not None and not verdicts.everyone and not verdicts[self.peer]:
+            if srv.clients is not None and srv.clients.drop:
+                srv.stats.limited[("acl", "dropped")] += 1
+                transport.close()
+                return
+            self.denied = True
         if len(srv.connections) >= srv.max_connections:
             srv.stats.tcp_rejected += 1
             transport.close()
@@ -58,6 +67,9 @@ class TCPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if self.denied:
+            self._refuse_all()
+            return
         for msg in pop_frames(self.buf):
             self.queries["tcp"] += 1
             if self.server.live is not None:
@@ -65,13 +77,33 @@ class TCPConnection(asyncio.Protocol):
             self.waiting.append(msg)
         self._start_waiting()
 
+    def _refuse_all(self) -> None:
+        """A client outside the allowed ranges: REFUSED to each query, no lookup, nothing forwarded."""
+        stats = self.server.stats
+        for msg in pop_frames(self.buf):
+            self.queries["tcp"] += 1
+            stats.limited[("acl", "refused")] += 1
+            reply = reply_for(msg, REFUSED)
+            if reply is not None and self.transport is not None and not self.transport.is_closing():
+                stats.rcodes[REFUSED] += 1
+                self.transport.write(frame(reply))
+
     def _start_waiting(self) -> None:
         """Start queries read so far, up to max_pipelined in flight; at the cap, stop reading (RFC 7766 §6.2.1.1:
         a server may limit the queries it processes at once per connection). Several queries can arrive
         in one segment, so the rest wait here until answers make room."""
         srv = self.server
+        clients = srv.clients
         while self.waiting and self.inflight < srv.max_pipelined:
             msg = self.waiting.popleft()
+            if clients is not None and not clients.take(self.peer):
+                # The client's cap on queries in flight (over UDP and TCP together): REFUSED at once.
+                srv.stats.limited[("pending", "refused")] += 1
+                reply = reply_for(msg, REFUSED)
+                if reply is not None and self.transport is not None and not self.transport.is_closing():
+                    srv.stats.rcodes[REFUSED] += 1
+                    self.transport.write(frame(reply))
+                continue
             self.inflight += 1
             if self.idle is not None:
                 self.idle.cancel()
@@ -101,6 +133,9 @@ class TCPConnection(asyncio.Protocol):
         else:
             stats.count_reply(reply)
             stats.request_duration.observe(time.monotonic() - t0)  # coredns_dns_request_duration_seconds
+        finally:
+            if self.server.clients is not None:
+                self.server.clients.release(self.peer)
         self.inflight -= 1
         t = self.transport
         if t is None or t.is_closing():
@@ -125,13 +160,14 @@ class TCPServer:
     """Shared state of the TCP listeners: the cap, the idle timeout, the connections to drain."""
 
     def __init__(self, resolver: Resolver, stats: ServerStats, idle_timeout: float, max_connections: int,
-                 max_pipelined: int, live: Live | None = None) -> None:
+                 max_pipelined: int, live: Live | None = None, clients: Clients | None = None) -> None:
         self.resolver = resolver
         self.live = live  # every TCP query is recorded for the live page's top lists (no sampling needed)
         self.stats = stats
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_pipelined = max_pipelined
+        self.clients = clients  # access list and per-client limits (server/clients.py)
         self.connections: set[TCPConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 

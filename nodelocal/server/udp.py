@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nodelocal.cache.store import Entry, Store
-from nodelocal.dns.wire import SUFFIXES
+from nodelocal.dns.wire import REFUSED, SUFFIXES
 from nodelocal.resolve.resolver import Resolver
+from nodelocal.server.clients import PASS, SLIP, Clients, Verdicts, reply_for
 from nodelocal.server.metrics import ServerStats
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class UDPServer(asyncio.DatagramProtocol):
     def __init__(self, resolver: Resolver, store: Store, stats: ServerStats, max_udp: int,
                  now: Callable[[], float] = time.monotonic, live: Live | None = None, ipv6: bool = False,
                  client_timeout: float = 2.0, max_pending: int = 2000,
-                 exempt: set[tuple[str, int]] | None = None) -> None:
+                 exempt: set[tuple[str, int]] | None = None, clients: Clients | None = None) -> None:
         self.resolver = resolver
         self.index = store.index
         self.stats = stats
@@ -46,6 +47,14 @@ class UDPServer(asyncio.DatagramProtocol):
         # The agent's own self-queries (agent/health.py) by source address: never shed, or a busy agent would
         # fail its liveness probe and be restarted, which helps nobody.
         self.exempt: set[tuple[str, int]] = exempt if exempt is not None else set()
+        self.limited = stats.limited
+        # Access control and per-client limits (server/clients.py). `allowed` is the verdict dict itself (one
+        # lookup per datagram), None when everyone is answered; the agent sets both again when they change.
+        self.clients = clients
+        self.allowed: Verdicts | None = None
+        self.rate = None if clients is None else clients.rate
+        if clients is not None and clients.verdicts is not None and not clients.verdicts.everyone:
+            self.allowed = clients.verdicts
         self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # query bytes after the ID -> (entry, monotonic time until which the reply holds, reply after the ID)
@@ -66,6 +75,18 @@ class UDPServer(asyncio.DatagramProtocol):
             self._sampled(data, addr)
             return
         self.queries["udp"] += 1
+        # Access control before anything else: a client outside the allowed ranges learns nothing from the
+        # cache and costs no upstream query. One dict lookup (the verdict is computed once per address).
+        allowed = self.allowed
+        if allowed is not None and not allowed[addr[0]]:
+            self._deny(data, addr)
+            return
+        rate = self.rate
+        if rate is not None:
+            limited = rate.check(addr[0])
+            if limited != PASS:
+                self._rate_limited(data, addr, limited)
+                return
         # The reply memo first: the very same query bytes (all but the ID) within the same TTL second
         # get the very same reply bytes, so one dict lookup answers them without reading the query.
         # An entry that was replaced, evicted or expired, or a new second, sends us down the full path.
@@ -152,6 +173,30 @@ class UDPServer(asyncio.DatagramProtocol):
         # No task was started: it was a hit, answered inline (misses are timed by the resolver).
         live.record(data, addr[0], every, seconds if len(self.tasks) == pending else None)
 
+    def _deny(self, data: bytes, addr: Any) -> None:
+        """A client outside the allowed ranges: REFUSED, or nothing (acl.action drop); counted either way."""
+        clients = self.clients
+        if clients is not None and clients.drop:
+            self.limited[("acl", "dropped")] += 1
+            return
+        self.limited[("acl", "refused")] += 1
+        reply = reply_for(data, REFUSED)
+        if reply is not None:
+            self.rcodes[REFUSED] += 1
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+
+    def _rate_limited(self, data: bytes, addr: Any, limited: int) -> None:
+        """Over the client's rate (clients.rate): dropped, or every `slip`-th a truncated reply (the client
+        retries over TCP, which a forged source address cannot)."""
+        if limited == SLIP:
+            reply = reply_for(data, 0, tc=True)
+            if reply is not None:
+                self.limited[("rate", "truncated")] += 1
+                self.rcodes[0] += 1
+                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                return
+        self.limited[("rate", "dropped")] += 1
+
     def _slow(self, data: bytes, addr: Any) -> None:
         stats = self.stats
         if stats.pending >= self.max_pending and addr[:2] not in self.exempt:
@@ -159,8 +204,20 @@ class UDPServer(asyncio.DatagramProtocol):
             # answered inline above, and the clients of dropped misses retry.
             self.shed["busy"] += 1
             return
+        clients = self.clients
+        exempt = addr[:2] in self.exempt
+        if clients is not None and not exempt and not clients.take(addr[0]):
+            # This client has clients.max_pending queries on the slow path already: one pod does not take
+            # the whole miss budget. REFUSED at once (server/clients.py says why not SERVFAIL).
+            self.limited[("pending", "refused")] += 1
+            reply = reply_for(data, REFUSED)
+            if reply is not None:
+                self.rcodes[REFUSED] += 1
+                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            return
         stats.pending += 1
-        task = asyncio.get_running_loop().create_task(self._answer(data, addr, self.now()))
+        task = asyncio.get_running_loop().create_task(self._answer(data, addr, self.now(), clients is not None
+                                                                   and not exempt))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -168,7 +225,14 @@ class UDPServer(asyncio.DatagramProtocol):
         self.tasks.discard(task)
         self.stats.pending -= 1
 
-    async def _answer(self, data: bytes, addr: Any, t0: float) -> None:
+    async def _answer(self, data: bytes, addr: Any, t0: float, counted: bool = False) -> None:
+        try:
+            await self._resolve(data, addr, t0)
+        finally:
+            if counted and self.clients is not None:
+                self.clients.release(addr[0])
+
+    async def _resolve(self, data: bytes, addr: Any, t0: float) -> None:
         if self.now() - t0 > self.client_timeout:
             self.shed["late"] += 1  # waited in the loop past the client's timeout: no work for nobody
             return

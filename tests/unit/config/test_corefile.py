@@ -190,6 +190,30 @@ def test_cache_options(resolv: str) -> None:
                                           "policy": "sequential"}
 
 
+def test_acl_maps_to_the_access_list(resolv: str) -> None:
+    text = """
+    . {
+        acl {
+            allow net 10.244.0.0/16 fd00:10::/64
+            allow net 192.0.2.7
+            drop
+        }
+        any
+        forward . 192.0.2.1
+    }
+    """
+    cfg = load_corefile(text, resolv)
+    assert cfg.acl.allow == ("10.244.0.0/16", "fd00:10::/64", "192.0.2.7/32")
+    assert cfg.acl.action == "drop" and not cfg.acl.node_ranges and cfg.resolve.minimal_any
+    block = load_corefile(". {\n acl . {\n  allow net 10.0.0.0/8\n  block net *\n }\n forward . 192.0.2.1\n}\n", resolv)
+    assert block.acl.allow == ("10.0.0.0/8",) and block.acl.action == "refuse"
+    # CoreDNS allows what no rule blocks: without a final block everyone is answered.
+    open_ = load_corefile(". {\n acl {\n  allow net 10.0.0.0/8\n }\n forward . 192.0.2.1\n}\n", resolv)
+    assert open_.acl.allow == ("0.0.0.0/0", "::/0")
+    # No acl at all: the default access list (the node's ranges).
+    assert load_corefile(". {\n forward . 192.0.2.1\n}\n", resolv).acl.node_ranges
+
+
 def test_no_cache_directive_means_nothing_cached_and_disable(resolv: str) -> None:
     res = load_text(". {\n forward . 192.0.2.1\n}\na.test {\n cache {\n disable denial\n }\n forward . 192.0.2.9\n}\n",
                     Pillars(), resolv_conf=resolv)
@@ -292,11 +316,11 @@ def test_unknown_directives_and_options_are_reported_with_lines() -> None:
         (3, "forward: option 'tls_servername' is not supported (supported: force_tcp, prefer_udp, policy, "
             "max_concurrent, randomize_case; read and noted: max_fails, expire, health_check)"),
         (5, "directive 'rewrite' is not supported (the Corefile subset: bind, cache, forward, health, prometheus, "
-            "reload, loop, errors, log, ready)"),
+            "reload, loop, errors, log, ready, acl, any)"),
         (7, "cache: unknown option 'jitter' (known: success, denial, prefetch, serve_stale, serve_stale_policy, "
             "servfail, disable, keepttl)"),
         (9, "directive 'hosts' is not supported (the Corefile subset: bind, cache, forward, health, prometheus, "
-            "reload, loop, errors, log, ready)"),
+            "reload, loop, errors, log, ready, acl, any)"),
     ]
 
 
@@ -322,6 +346,15 @@ def test_unknown_directives_and_options_are_reported_with_lines() -> None:
         ("10.0.0.0/8 {\n forward . 192.0.2.1\n}\n. {\n forward . 192.0.2.1\n}\n", 1, "CIDR"),
         (". {\n forward . 192.0.2.1\n forward . 192.0.2.2\n}\n", 3, "given twice"),
         (". {\n forward . 192.0.2.1\n cache x\n}\n", 3, "whole number"),
+        (". {\n forward . 192.0.2.1\n acl {\n  block type ANY\n }\n}\n", 4, "per-type rules"),
+        (". {\n forward . 192.0.2.1\n acl {\n  block net 10.0.0.0/8\n }\n}\n", 4, "every other source"),
+        (". {\n forward . 192.0.2.1\n acl {\n  allow net 10.0.0.0/33\n }\n}\n", 4, "not a CIDR"),
+        (". {\n forward . 192.0.2.1\n acl {\n  filter\n }\n}\n", 4, "'filter' is not supported"),
+        (". {\n forward . 192.0.2.1\n acl {\n  block\n  allow net 10.0.0.0/8\n }\n}\n", 5, "never reached"),
+        (". {\n forward . 192.0.2.1\n acl other.zone {\n  block\n }\n}\n", 3, "one access list"),
+        (". {\n forward . 192.0.2.1\n acl {\n  block\n }\n}\na.test {\n forward . 192.0.2.1\n}\n", 3,
+         "some server blocks only"),
+        (". {\n forward . 192.0.2.1\n any x\n}\n", 3, "any takes no arguments"),
     ],
 )
 def test_syntax_and_semantic_errors_name_the_line(text: str, line: int, words: str) -> None:

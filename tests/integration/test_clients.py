@@ -1,0 +1,70 @@
+"""Access control and per-client limits through the real agent on loopback: a client outside the allowed
+ranges (a second loopback source address) gets REFUSED over UDP and TCP, is counted, and causes no upstream
+query and no cache entry; an allowed client is answered as usual."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import dns.message
+import dns.rcode
+
+from tests.integration.conftest import upstreams
+
+OUTSIDE = "127.0.0.2"  # a source address outside acl.allow (the listen address 127.0.0.1 is always allowed)
+
+
+def ask_from(src: str, port: int, q: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
+    wire = q.to_wire()
+    if tcp:
+        with socket.create_connection(("127.0.0.1", port), timeout=3, source_address=(src, 0)) as s:
+            s.sendall(struct.pack(">H", len(wire)) + wire)
+            n = struct.unpack(">H", s.recv(2))[0]
+            data = b""
+            while len(data) < n:
+                data += s.recv(n - len(data))
+            return dns.message.from_wire(data)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((src, 0))
+        s.settimeout(1.0)
+        s.sendto(wire, ("127.0.0.1", port))
+        try:
+            return dns.message.from_wire(s.recv(65535))
+        except TimeoutError:
+            return None
+
+
+def test_outside_clients_are_refused_counted_never_forwarded(cluster: Any, host: Any, make_agent: Any) -> None:
+    a = make_agent({**upstreams(cluster, host, try_timeout=0.5),
+                    "acl": {"node_ranges": False, "allow": ["127.0.0.1/32"]}})
+    name = "web.default.svc.cluster.local"
+    for tcp in (False, True):
+        r = ask_from(OUTSIDE, a.port, dns.message.make_query(name, "A"), tcp=tcp)
+        assert r is not None and r.rcode() == dns.rcode.REFUSED and not r.answer
+    assert cluster.count(name) == 0 and host.count() == 0  # nothing forwarded
+    assert a.agent.store.index == {}  # nothing cached
+    # The allowed client fills the cache; the outside one still learns nothing from it (hit path, memo).
+    ok = a.query(name)
+    assert ok.rcode() == dns.rcode.NOERROR and ok.answer
+    for _ in range(3):
+        r = ask_from(OUTSIDE, a.port, dns.message.make_query(name, "A"))
+        assert r is not None and r.rcode() == dns.rcode.REFUSED and not r.answer
+    assert a.metric("nodelocal_client_limited_total", reason="acl", action="refused") == 5
+    assert a.metric("nodelocal_acl_networks") == 1
+
+
+def test_drop_action_sends_nothing(cluster: Any, host: Any, make_agent: Any) -> None:
+    a = make_agent({**upstreams(cluster, host, try_timeout=0.5),
+                    "acl": {"node_ranges": False, "allow": ["127.0.0.1/32"], "action": "drop"}})
+    assert ask_from(OUTSIDE, a.port, dns.message.make_query("example.test", "A")) is None
+    assert a.query("example.test").answer
+    assert a.metric("nodelocal_client_limited_total", reason="acl", action="dropped") == 1
+
+
+def test_default_answers_loopback_clients(agent: Any) -> None:
+    # node_ranges on (the default): loopback is the node's own; both sources are answered.
+    r = ask_from(OUTSIDE, agent.port, dns.message.make_query("example.test", "A"))
+    assert r is not None and r.rcode() == dns.rcode.NOERROR and r.answer
+    assert agent.metric("nodelocal_acl_networks") >= 2
