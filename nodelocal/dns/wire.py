@@ -37,6 +37,8 @@ RCODE_NAMES = (
 EDNS_PAYLOAD = 1232
 
 TYPE_SOA = 6
+TYPE_HINFO = 13
+TYPE_ANY = 255
 TYPE_OPT = 41
 TYPE_AXFR = 252
 TYPE_IXFR = 251
@@ -256,6 +258,24 @@ def error_reply(query: bytes, rcode: int, qend: int | None = None, opt: bytes = 
     qd = 1 if qend is not None else 0
     head = query[:2] + bytes([f1, f2]) + _U16.pack(qd) + b"\x00\x00\x00\x00" + _U16.pack(1 if opt else 0)
     return head + (query[HEADER_LEN:qend] if qend is not None else b"") + opt
+
+
+# RFC 8482 §4.2: the HINFO answered to ANY: CPU "RFC8482", OS "" (character-strings, RFC 1035 §3.3.2).
+HINFO_RDATA = b"\x07RFC8482\x00"
+# Its TTL: short, so that no cache downstream keeps a synthesized record long (RFC 8482 leaves it open).
+ANY_TTL = 30
+
+
+def minimal_any_reply(query: bytes, qend: int, opt: Opt | None) -> bytes:
+    """The RFC 8482 answer to an ANY query: one synthesized HINFO record for the name (a compression
+    pointer to the question), in the query's class; our OPT when the client sent one."""
+    f1 = QR | (query[2] & RD)
+    f2 = RA | (query[3] & CD)
+    answer = (b"\xc0\x0c" + _U16.pack(TYPE_HINFO) + query[qend - 2 : qend] + _U32.pack(ANY_TTL)
+              + _U16.pack(len(HINFO_RDATA)) + HINFO_RDATA)
+    extra = opt_record(EDNS_PAYLOAD, opt.do) if opt is not None else b""
+    head = query[:2] + bytes([f1, f2]) + b"\x00\x01\x00\x01\x00\x00" + (b"\x00\x01" if extra else b"\x00\x00")
+    return head + query[HEADER_LEN:qend] + answer + extra
 
 
 def truncated_reply(query: bytes, qend: int, hdr: bytes, opt: bytes) -> bytes:

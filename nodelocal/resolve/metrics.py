@@ -24,6 +24,7 @@ class ResolveStats:
 
     def __init__(self) -> None:
         self.coalesced = 0
+        self.minimal_any = 0  # ANY queries over UDP answered with the RFC 8482 HINFO
         self.fallthrough = 0
         self.concurrency_rejects = 0
         self.spoofed = 0
@@ -126,6 +127,9 @@ class ResolveCollector(Collector):
         yield CounterMetricFamily("coredns_forward_max_concurrent_rejects",
                                   "Queries refused because too many were in flight.",
                                   value=s.concurrency_rejects)
+        yield CounterMetricFamily("nodelocal_minimal_any",
+                                  "ANY queries over UDP answered with a synthesized HINFO (RFC 8482), not forwarded.",
+                                  value=s.minimal_any)
         yield CounterMetricFamily("nodelocal_coalesced_queries",
                                   "Client queries answered by joining an identical query in flight.",
                                   value=s.coalesced)

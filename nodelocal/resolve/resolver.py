@@ -89,6 +89,7 @@ class Resolver:
         self.now = now
         self.max_udp = cfg.listen.max_udp_payload
         self.max_concurrent = cfg.resolve.max_concurrent
+        self.minimal_any = cfg.resolve.minimal_any
         self.groups = {name: Group(name, g, stats) for name, g in cfg.upstreams.items()}
         for group in self.groups.values():
             for server in group.servers:
@@ -140,6 +141,13 @@ class Resolver:
         qtype = query[qend - 4] << 8 | query[qend - 3]
         if qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
             return wire.error_reply(query, wire.REFUSED, qend)
+        # 5a. ANY over UDP: one synthesized HINFO (RFC 8482 §4.2), never the upstream's whole set, which is
+        #     a small query for a large reply (amplification towards a forged source). Over TCP (no forged
+        #     sources) the whole answer is forwarded as usual; it is never cached (_put), so that the UDP
+        #     fast path cannot serve it either.
+        if qtype == wire.TYPE_ANY and not tcp and self.minimal_any:
+            self.stats.minimal_any += 1
+            return wire.minimal_any_reply(query, qend, opt)
 
         rd, cd, do = bool(query[2] & wire.RD), bool(query[3] & wire.CD), bool(opt and opt.do)
         key = wire.question_key(query, qend, wire.key_suffix(rd, cd, do))
@@ -276,6 +284,8 @@ class Resolver:
         return entry, False
 
     def _put(self, entry: Entry, now: float, route: ZoneRoute) -> None:
+        if entry.key[entry.qlen - 4 : entry.qlen - 2] == b"\x00\xff":
+            return  # an ANY answer (TCP): forwarded, never cached (step 5a)
         self.store.put(entry, route.parts[entry.kind])
         if route.cache.prefetch_hits and entry.part is not None:
             when = entry.stored + entry.ttl * route.prefetch_share

@@ -9,7 +9,9 @@ import struct
 from typing import Any
 
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdatatype
 
 from tests.integration.conftest import upstreams
 
@@ -68,3 +70,27 @@ def test_default_answers_loopback_clients(agent: Any) -> None:
     r = ask_from(OUTSIDE, agent.port, dns.message.make_query("example.test", "A"))
     assert r is not None and r.rcode() == dns.rcode.NOERROR and r.answer
     assert agent.metric("nodelocal_acl_networks") >= 2
+
+
+def test_any_over_udp_is_one_hinfo_and_over_tcp_the_whole_answer(cluster: Any, host: Any, agent: Any) -> None:
+    name = "web.default.svc.cluster.local"
+    r = agent.query(name, "ANY", use_edns=0)
+    assert r.rcode() == dns.rcode.NOERROR and len(r.answer) == 1 and r.edns == 0
+    rr = r.answer[0]
+    assert rr.rdtype == dns.rdatatype.HINFO and rr.ttl <= 30 and rr.name == dns.name.from_text(name)
+    assert rr[0].cpu == b"RFC8482" and rr[0].os == b""
+    assert cluster.count(name, "ANY") == 0  # never forwarded
+    # Over TCP, the client gets what the upstream has (here: the name exists, no ANY data in the fake).
+    t = agent.query(name, "ANY", tcp=True)
+    assert cluster.count(name, "ANY") == 1 and not any(a.rdtype == dns.rdatatype.HINFO for a in t.answer)
+    # The TCP answer was not cached: UDP still gets the HINFO, from the agent, not from the cache.
+    again = agent.query(name, "ANY")
+    assert again.answer[0].rdtype == dns.rdatatype.HINFO and cluster.count(name, "ANY") == 1
+    assert agent.metric("nodelocal_minimal_any_total") == 2
+
+
+def test_any_forwarded_when_minimal_any_is_off(cluster: Any, host: Any, make_agent: Any) -> None:
+    a = make_agent({**upstreams(cluster, host, try_timeout=0.5), "resolve": {"minimal_any": False}})
+    r = a.query("web.default.svc.cluster.local", "ANY")
+    assert cluster.count("web.default.svc.cluster.local", "ANY") == 1
+    assert not any(x.rdtype == dns.rdatatype.HINFO for x in r.answer)

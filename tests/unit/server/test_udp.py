@@ -55,7 +55,10 @@ class Rig:
     def __init__(self) -> None:
         self.store = Store(1 << 24, now=lambda: NOW)
         self.stats = ServerStats()
-        cfg = load(None, {"listen": {"max_udp_payload": MAX_UDP}}, env={}, resolv_conf="/nonexistent")
+        # minimal_any off: ANY answers are never cached by the agent, but here the store is filled directly
+        # for every type, and the oracle must render them as the fast path does.
+        cfg = load(None, {"listen": {"max_udp_payload": MAX_UDP}, "resolve": {"minimal_any": False}}, env={},
+                   resolv_conf="/nonexistent")
         # No upstream servers: a miss SERVFAILs.
         self.oracle = Resolver(cfg, self.store, CacheStats(), ResolveStats(), now=lambda: NOW)
         self.slow = RecordingResolver()
