@@ -40,7 +40,7 @@ from nodelocal.agent.health import SelfCheck, upstream_problem
 from nodelocal.agent.periodic import every
 from nodelocal.agent.reload import RESTART_FIELDS, Change, Reloader, plan
 from nodelocal.cache.store import DENIAL, SUCCESS, Store
-from nodelocal.config import Config, describe, format_hostport
+from nodelocal.config import Config, describe, format_hostport, upstream_gaps
 from nodelocal.config.source import Loaded, Source
 from nodelocal.dns.names import labels_of_text, to_wire, zone_name
 from nodelocal.netsetup import NetSetup
@@ -51,6 +51,7 @@ from nodelocal.observe import page
 from nodelocal.observe.http import HTTPServer
 from nodelocal.observe.live import TICK, Live
 from nodelocal.observe.meters import Meters
+from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve import loop as loopdetect
 from nodelocal.resolve.probe import wait_ready
 from nodelocal.resolve.resolver import Resolver
@@ -60,6 +61,7 @@ from nodelocal.server.tcp import TCPServer
 from nodelocal.server.udp import UDPServer
 
 log = logging.getLogger("nodelocal.agent")
+gaps_log = RateLimitedLog(log)  # a ConfigMap rewritten in a loop must not repeat the same warning for ever
 
 # Seconds between looks for entries to prefetch: well inside the shortest refresh window (10% of a 5 s TTL).
 PREFETCH_TICK = 0.2
@@ -114,6 +116,7 @@ class Agent:
         failures = self.meters.agent.task_failures
         for line in describe(cfg).splitlines():
             log.info("%s", line)
+        self._warn_gaps(cfg)
         # 1. Bind every listener first: a node whose address is taken must fail before it claims anything.
         #    Only the interface goes in before, as the local IPs must exist to be bound (an existing one is
         #    left as it is). A failed bind tears nothing down: the address may be another agent's, alive.
@@ -425,8 +428,17 @@ class Agent:
         if self.cfg.reload_interval > 0:  # 0 turns the file watch off (SIGHUP still reloads)
             await self.reloader.check()
 
+    def _warn_gaps(self, cfg: Config) -> None:
+        """A zone without any upstream server answers SERVFAIL: say so at start and on every config change."""
+        for warning in upstream_gaps(cfg)[0]:
+            gaps_log.warning(("empty-zone", warning), "%s", warning)
+
     async def _reload(self, loaded: Loaded) -> Change:
-        """The Reloader's target: drop looping upstreams from the new config, then apply it."""
+        """The Reloader's target: drop looping upstreams from the new config, then apply it. A config that
+        serve would refuse (the cluster zone without upstream servers) is refused here too: the old stays."""
+        refused = upstream_gaps(loaded.config)[1]
+        if refused is not None:
+            raise refused
         async with self.config_lock:
             change = self.apply(await self._without_loops(loaded.config))
         self.meters.agent.reloads["success"] += 1
@@ -508,6 +520,7 @@ class Agent:
                 store.partitions.pop((z, kind), None)
             self.meters.cache.misses.pop(z, None)
         self.meters.resolve.upstream_servers = {s.label: g.name for g in resolver.groups.values() for s in g.servers}
+        self._warn_gaps(new)
         logging.getLogger().setLevel(new.log_level.upper())
         self._spawn(self._retire(retired, old.resolve.query_timeout + 1.0))
         return change

@@ -127,6 +127,8 @@ class Reloader:
             self.fingerprint = loaded.fingerprint
             try:
                 change = await self.target(loaded)
+            except NodelocalError as e:  # the target refused the config, and says why
+                return self._failed(why, str(e))
             except Exception as e:
                 log.exception("reload (%s): applying the new config failed", why)
                 return self._failed(why, repr(e))

@@ -17,7 +17,7 @@ from nodelocal import ConfigError, ControlError, NodelocalError, __version__
 from nodelocal.cli import dnsconfig
 from nodelocal.cli import nodecache as compat
 from nodelocal.cli.control import DEFAULT_SOCKET
-from nodelocal.config import Config, describe
+from nodelocal.config import Config, describe, upstream_gaps
 from nodelocal.config.source import Loaded, Source
 
 # --dev: a laptop profile. Applied before the explicit flags, which still win.
@@ -26,6 +26,7 @@ DEV_PROFILE: dict[str, Any] = {
     "setup": False,
     "metrics_addr": "127.0.0.1:9253",
     "health_addr": "127.0.0.1:8080",
+    "require_cluster_dns": False,  # a laptop has no cluster DNS unless --cluster-dns names one: warn only
 }
 
 
@@ -119,6 +120,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-socket", metavar="PATH",
                    help="socket for `nodelocal cache` and `nodelocal doctor`; empty = none [control.socket]")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
+    p.add_argument("--allow-no-cluster-dns", action="store_true",
+                   help="serve even when the cluster zone has no upstream server (warn only) "
+                        "[require_cluster_dns=false]")
     p.add_argument("--dev", action="store_true",
                    help="laptop profile: 127.0.0.1:5300 (off the mDNS port 5353), no setup, loopback metrics and "
                         "health")
@@ -226,6 +230,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         out["acl"] = {"allow": list(args.allow)}
     if args.no_setup:
         out["setup"] = False
+    if args.allow_no_cluster_dns:
+        out["require_cluster_dns"] = False
     netsetup: dict[str, Any] = {}
     for flag in ("interface_name", "rules_backend", "sync_interval"):
         if getattr(args, flag) is not None:
@@ -299,11 +305,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = loaded.config
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     notes += loaded.notes
+    warnings, refused = upstream_gaps(cfg)
     if args.command == "check-config":
         print(describe(cfg))
         for note in notes:
             print(f"nodelocal: note: {note}", file=sys.stderr)
+        for warning in warnings:
+            print(f"nodelocal: warning: {warning}", file=sys.stderr)
+        if refused is not None:
+            print(f"nodelocal: {refused}", file=sys.stderr)
+            return 2
         return 0
+    if refused is not None:  # node-cache exits too: a cache that SERVFAILs every cluster name helps nobody
+        print(f"nodelocal: {refused}", file=sys.stderr)
+        return 2
     log = logging.getLogger("nodelocal")
     log.info("config from %s", f"{loaded.kind} {loaded.path}" if loaded.path else "defaults and flags")
     for note in notes:

@@ -21,11 +21,14 @@ from nodelocal.config.model import (
     Zone,
     ZoneCache,
     describe,
+    empty_zones,
     format_hostport,
     load,
     parse_hostport,
     resolv_conf_nameservers,
+    upstream_gaps,
     validate,
+    zone_of,
 )
 
 __all__ = [
@@ -42,9 +45,12 @@ __all__ = [
     "Zone",
     "ZoneCache",
     "describe",
+    "empty_zones",
     "format_hostport",
     "load",
     "parse_hostport",
     "resolv_conf_nameservers",
+    "upstream_gaps",
     "validate",
+    "zone_of",
 ]

@@ -256,6 +256,9 @@ class Config:
     log_level: str = _f("info", "debug, info, warning or error",
                         choices=("debug", "info", "warning", "error"))
     control: ControlConfig = _f(ControlConfig(), "the local control endpoint")
+    require_cluster_dns: bool = _f(True, "refuse to serve (and refuse a reload) when the zone that answers "
+                                         "cluster_domain has no upstream server, as node-cache exits; false: "
+                                         "serve and warn (its names get SERVFAIL)")
 
     def health_address(self) -> Address:
         if self.health_addr:
@@ -463,6 +466,38 @@ def validate(cfg: Config) -> None:
     parse_hostport(cfg.metrics_addr, 9253, "metrics_addr")
     if cfg.health_addr:
         parse_hostport(cfg.health_addr, 8080, "health_addr")
+
+
+def zone_of(cfg: Config, name: str) -> str:
+    """The configured zone that answers `name` (a zone name): the longest suffix, '.' at the end."""
+    labels = [] if name == "." else name.split(".")
+    for i in range(len(labels)):
+        suffix = ".".join(labels[i:])
+        if suffix in cfg.zones:
+            return suffix
+    return "."
+
+
+def empty_zones(cfg: Config) -> list[str]:
+    """Zones none of whose upstream groups has a server: every name in them gets SERVFAIL (or a stale answer)."""
+    return [z for z, zone in cfg.zones.items() if not any(cfg.upstreams[g].servers for g in zone.forward)]
+
+
+def upstream_gaps(cfg: Config) -> tuple[list[str], ConfigError | None]:
+    """Warnings for zones without an upstream server, and the error when the cluster zone is one of them
+    while require_cluster_dns holds (serve stops, check-config fails, a reload is refused)."""
+    empty = empty_zones(cfg)
+    warnings = [f"zone {z} has no upstream server (groups {', '.join(cfg.zones[z].forward)}: none): every name "
+                "in it gets SERVFAIL" for z in empty]
+    cluster = zone_of(cfg, cfg.cluster_domain)
+    if cluster not in empty or not cfg.require_cluster_dns:
+        return warnings, None
+    first = cfg.zones[cluster].forward[0]
+    return warnings, ConfigError(
+        f"upstreams.{first}.servers", cfg.upstreams[first].servers,
+        f"the cluster zone {cluster} has no upstream server, so every cluster name would get SERVFAIL: set "
+        f"--cluster-dns (or $KUBE_DNS_UPSTREAM_SERVICE_HOST, the kube-dns-upstream Service), or "
+        f"require_cluster_dns: false (--allow-no-cluster-dns) to serve anyway")
 
 
 def describe(cfg: Config) -> str:

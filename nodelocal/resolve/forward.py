@@ -24,10 +24,14 @@ from collections.abc import Callable, Sequence
 from nodelocal import UpstreamError, UpstreamTimeout, WireError
 from nodelocal.config import Address, UpstreamGroup, format_hostport
 from nodelocal.dns import wire
+from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve.metrics import ResolveStats
 from nodelocal.resolve.upstream import ConnectionLost, TCPPool, UDPPool
 
 log = logging.getLogger("nodelocal.forward")
+# Health changes are what an operator needs to see (warning: down, info: up again), but a server that flaps
+# every second must not fill the disk: a few lines per server and minute, then a count.
+health_log = RateLimitedLog(log)
 
 FAILURE_RCODES = (wire.SERVFAIL, wire.REFUSED)
 # An upstream reply with the scan that validated it (policy.entry_for reuses it rather than scan again).
@@ -112,8 +116,9 @@ class Server:
             self.down = True
             self.down_since = time.monotonic()
             self.stats.health_change(self.group, self.label, "down")
-            log.warning("upstream %s (group %s) is down: %d tries without a reply; skipped while another server "
-                        "answers", self.label, self.group, self.fails)
+            health_log.warning(("down", self.label), "upstream %s (group %s) is down: %d tries without a reply; "
+                               "skipped while another server answers, probed every %gs until it answers",
+                               self.label, self.group, self.fails, self.health_check)
             self.probe = asyncio.get_running_loop().create_task(self._probe_until_up())
         if self.down:
             self.stats.upstream_down.add(self.label)
@@ -125,8 +130,8 @@ class Server:
         self.fails = 0
         self.stats.upstream_down.discard(self.label)
         self.stats.health_change(self.group, self.label, "up")
-        log.info("upstream %s (group %s) is up again: it answered %s after %.1fs down", self.label, self.group,
-                 what, time.monotonic() - self.down_since)
+        health_log.info(("up", self.label), "upstream %s (group %s) is up again: it answered %s after %.1fs down",
+                        self.label, self.group, what, time.monotonic() - self.down_since)
         probe, self.probe = self.probe, None
         if probe is not None and probe is not asyncio.current_task():
             probe.cancel()
@@ -146,7 +151,8 @@ class Server:
                 log.debug("upstream %s (group %s): health probe got no reply: %s", self.label, self.group, e)
                 continue
             except Exception:  # a bug must not leave the server skipped for good: log it, probe again
-                log.exception("upstream %s: health probe failed unexpectedly", self.label)
+                health_log.exception(("probe-bug", self.label), "upstream %s: health probe failed unexpectedly",
+                                     self.label)
                 continue
             if self.down:
                 self._up("a health probe")

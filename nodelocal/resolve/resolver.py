@@ -30,6 +30,7 @@ from nodelocal.cache.store import DENIAL, SUCCESS, Entry, Partition, Store
 from nodelocal.config import Config, ZoneCache
 from nodelocal.dns import wire
 from nodelocal.dns.names import labels_of_wire
+from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve.forward import FAILURE_RCODES, Chain, Group
 from nodelocal.resolve.loop import LoopGuard
 from nodelocal.resolve.metrics import ResolveStats
@@ -37,6 +38,7 @@ from nodelocal.resolve.router import Router
 from nodelocal.resolve.upstream import LoopRef
 
 log = logging.getLogger("nodelocal.resolve")
+errors = RateLimitedLog(log)  # a bug hit by every miss must not write a traceback per miss
 
 
 @dataclass
@@ -262,7 +264,7 @@ class Resolver:
                         self._put(entry, now, route)
                     out = (entry, False)
         except Exception:  # a bug must cost one answer, never the agent
-            log.exception("forwarding %r failed unexpectedly", key)
+            errors.exception("forward-failed", "forwarding %r failed unexpectedly", key)
         finally:
             del self.inflight[key]
             if out is None:

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nodelocal.dns.wire import REFUSED, frame, pop_frames
+from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.clients import Clients, reply_for
 from nodelocal.server.metrics import ServerStats
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from nodelocal.observe.live import Live
 
 log = logging.getLogger("nodelocal.tcp")
+errors = RateLimitedLog(log)  # a bug hit by every query must not write a traceback per query
 
 
 class TCPConnection(asyncio.Protocol):
@@ -128,7 +130,7 @@ class TCPConnection(asyncio.Protocol):
         try:
             reply = await self.server.resolver.answer(msg, tcp=True)
         except Exception:
-            log.exception("tcp query failed")
+            errors.exception("query-failed", "tcp query failed")
             reply = None
         else:
             stats.count_reply(reply)

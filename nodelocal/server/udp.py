@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodelocal.cache.store import Entry, Store
 from nodelocal.dns.wire import REFUSED, SUFFIXES
+from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.clients import PASS, SLIP, Clients, Verdicts, reply_for
 from nodelocal.server.metrics import ServerStats
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from nodelocal.observe.live import Live
 
 log = logging.getLogger("nodelocal.udp")
+errors = RateLimitedLog(log)  # a bug hit by every query must not write a traceback per query
 
 MEMO_MAX = 8192  # distinct query forms remembered (each ~0.3-0.6 KiB); cleared whole when full
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT high byte 0
@@ -239,7 +241,7 @@ class UDPServer(asyncio.DatagramProtocol):
         try:
             reply = await self.resolver.answer(data, tcp=False)
         except Exception:
-            log.exception("query from %s failed", addr)
+            errors.exception("query-failed", "query from %s failed", addr)
             return
         elapsed = self.now() - t0
         if elapsed > self.client_timeout:

@@ -203,3 +203,37 @@ def test_a_change_that_needs_a_restart_is_logged_and_the_rest_applied(
         assert agent.agent is not None and agent.agent.store.max_bytes == 65536
     finally:
         agent.stop()
+
+
+def test_zones_without_upstream_servers_are_warned_about_and_an_empty_cluster_zone_is_refused(
+        tmp_path: Path, upstreams: tuple[FakeDNS, FakeDNS, FakeDNS], caplog: pytest.LogCaptureFixture) -> None:
+    cluster, host, _corp = upstreams
+    port = free_port()
+    cfg_file = tmp_path / "agent.yaml"
+    no_corp = {"corp": {"servers": []}, "cluster": {"servers": [f"127.0.0.1:{cluster.port}"]},
+               "host": {"servers": [f"127.0.0.1:{host.port}"]}}
+    zones = {"corp.test": {"forward": ["corp"]}, ".": {"forward": ["cluster", "host"]}}
+    cfg_file.write_text(agent_yaml(port, cluster, host, upstreams=no_corp, zones=zones))
+    with caplog.at_level("INFO"):
+        agent = ReloadingAgent(Source(file=str(cfg_file), env={}, resolv_conf="/nonexistent")).start()
+    try:
+        warned = [r for r in caplog.records if r.levelname == "WARNING" and "zone corp.test" in r.getMessage()]
+        assert [r.getMessage() for r in warned] == [
+            "zone corp.test has no upstream server (groups corp: none): every name in it gets SERVFAIL"]
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            # A reload that leaves the cluster zone without a server: refused, the old config stays.
+            empty = {**no_corp, "cluster": {"servers": []}}
+            cfg_file.write_text(agent_yaml(port, cluster, host, upstreams=empty,
+                                           zones={"cluster.local": {"forward": ["cluster"]}, **zones}))
+            assert wait_for(lambda: agent.metric("nodelocal_config_reloads_total", result="failure") == 1, 5)
+            assert agent.query(WEB).answer  # the old config answers
+            assert "upstreams.cluster.servers" in caplog.text and "Traceback" not in caplog.text
+            # Told otherwise: applied, with a warning for the cluster zone.
+            cfg_file.write_text(agent_yaml(port, cluster, host, upstreams=empty, require_cluster_dns=False,
+                                           zones={"cluster.local": {"forward": ["cluster"]}, **zones}))
+            assert wait_for(lambda: agent.metric("nodelocal_config_reloads_total", result="success") == 1, 5)
+        assert "zone cluster.local has no upstream server" in caplog.text
+        assert agent.query(WEB).rcode() == dns.rcode.SERVFAIL
+    finally:
+        agent.stop()

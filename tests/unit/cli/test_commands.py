@@ -42,6 +42,7 @@ def test_dev_profile() -> None:
         "setup": False,
         "metrics_addr": "127.0.0.1:9253",
         "health_addr": "127.0.0.1:8080",
+        "require_cluster_dns": False,
     }
 
 
@@ -201,3 +202,44 @@ def test_help_takes_the_config_defaults_from_the_model() -> None:
     assert config_default("listen.port") == 53 and config_default("cache.max_bytes") == 32 * 1024 * 1024
     with pytest.raises(KeyError):
         config_default("upstreams.cluster")  # named groups have no default of their own
+
+
+# --------------------------------------------------------------------------------------------------
+# a zone without upstream servers
+
+
+def test_serve_refuses_a_cluster_zone_without_upstream_servers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    started: list[object] = []
+    monkeypatch.setattr(cli, "run_serve", lambda cfg: started.append(cfg) or 0)
+    # No --cluster-dns and no $KUBE_DNS_UPSTREAM_SERVICE_HOST: the cluster zone would SERVFAIL every name.
+    assert main(["serve", "--upstream", "192.0.2.53"]) == 2
+    err = capsys.readouterr().err
+    assert not started
+    assert "upstreams.cluster.servers" in err and "cluster zone cluster.local has no upstream server" in err
+    assert "--allow-no-cluster-dns" in err
+    # Told otherwise (flag, config field, or the --dev profile), it serves; check-config says the same.
+    assert main(["serve", "--upstream", "192.0.2.53", "--allow-no-cluster-dns"]) == 0
+    f = tmp_path / "c.yaml"
+    f.write_text("require_cluster_dns: false\n")
+    assert main(["serve", "--config", str(f), "--upstream", "192.0.2.53"]) == 0
+    assert main(["serve", "--dev", "--upstream", "192.0.2.53"]) == 0
+    assert len(started) == 3
+    capsys.readouterr()
+    assert main(["check-config", "--upstream", "192.0.2.53"]) == 2
+    err = capsys.readouterr().err
+    assert "nodelocal: warning: zone cluster.local has no upstream server (groups cluster: none)" in err
+    assert "nodelocal: config error: upstreams.cluster.servers" in err
+    assert main(["check-config", "--upstream", "192.0.2.53", "--allow-no-cluster-dns"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: zone cluster.local has no upstream server" in err and "config error" not in err
+
+
+def test_check_config_warns_about_any_zone_without_servers(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "c.yaml"
+    zones = {"corp.example": {"forward": ["corp"]}, ".": {"forward": ["cluster", "host"]}}
+    f.write_text(yaml.safe_dump({"upstreams": {"corp": {"servers": []}}, "zones": zones}))
+    assert main(["check-config", str(f), *HERMETIC]) == 0  # the cluster zone ('.' here) has servers
+    err = capsys.readouterr().err
+    assert "warning: zone corp.example has no upstream server (groups corp: none)" in err

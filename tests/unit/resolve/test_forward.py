@@ -19,6 +19,7 @@ import pytest
 
 from nodelocal.config import UpstreamGroup
 from nodelocal.dns import wire
+from nodelocal.resolve import forward as forwarding
 from nodelocal.resolve.forward import Chain, Group, Reply
 from nodelocal.resolve.metrics import MAX_FAILS, ResolveStats
 from tests.fakedns import DROP, REFUSED, SERVFAIL, TRUNCATE, FakeDNS, free_port
@@ -489,7 +490,27 @@ def test_down_after_max_fails_silent_tries_then_skipped_while_another_is_up(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == [
         f"upstream {label(a.port)} (group cluster) is down: 2 tries without a reply; skipped while another "
-        "server answers"]
+        "server answers, probed every 60s until it answers"]
+
+
+def test_a_flapping_server_logs_a_few_lines_a_minute_and_counts_every_change(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stats = ResolveStats()
+    g = group("cluster", [9], stats, max_fails=1, health_check=SLOW_PROBE)
+    server = g.servers[0]
+    caplog.set_level(logging.INFO, logger="nodelocal.forward")
+
+    async def flap(_chain: Chain) -> None:
+        for _ in range(50):
+            server.failed()  # one silent try: down (max_fails 1)
+            server.replied()  # a reply: up again
+
+    run_chain([g], flap, stats)
+    assert stats.health_changes == {("cluster", label(9), "down"): 50, ("cluster", label(9), "up"): 50}
+    downs = [r for r in caplog.records if "is down" in r.getMessage()]
+    ups = [r for r in caplog.records if "is up again" in r.getMessage()]
+    assert len(downs) == len(ups) == forwarding.health_log.burst  # the rest counted, told with the next line
+    assert all(r.levelno == logging.WARNING for r in downs) and all(r.levelno == logging.INFO for r in ups)
 
 
 def test_one_silent_try_does_not_mark_down_and_a_reply_resets_the_count(upstream: Callable[..., FakeDNS]) -> None:
