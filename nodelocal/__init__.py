@@ -55,6 +55,14 @@ class UpstreamTimeout(UpstreamError):
 class BindError(NodelocalError):
     """Raised when a listener cannot bind its address (in use, not local, no permission)."""
 
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # the kernel's reason (EADDRINUSE: a predecessor may still be closing)
+
 
 class ControlError(NodelocalError):
     """Raised when the agent's control socket cannot be reached or refuses a request; says why and what to do."""
+
+
+class HandoverError(NodelocalError):
+    """Raised when a handover between two agents breaks off: the peer went away, timed out or spoke nonsense."""

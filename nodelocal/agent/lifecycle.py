@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import functools
+import ipaddress
 import logging
 import os
 import signal
@@ -35,11 +38,13 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nodelocal import BindError, __version__
+from nodelocal.agent import handover
 from nodelocal.agent.control import ControlServer, entry_info, matching, picker
+from nodelocal.agent.handover import Giving, Inherited, Listener, SendOnly
 from nodelocal.agent.health import SelfCheck, upstream_problem
 from nodelocal.agent.periodic import every
 from nodelocal.agent.reload import RESTART_FIELDS, Change, Reloader, plan
-from nodelocal.cache.store import DENIAL, SUCCESS, Store
+from nodelocal.cache.store import DENIAL, SUCCESS, Entry, Store
 from nodelocal.config import Config, describe, format_hostport, upstream_gaps
 from nodelocal.config.source import Loaded, Source
 from nodelocal.dns.names import labels_of_text, to_wire, zone_name
@@ -105,10 +110,23 @@ class Agent:
         self.started = time.time()
         self.started_mono = time.monotonic()
         self.control: ControlServer | None = None
+        # Handover (handover.py): our listeners by address, the server a successor connects to, whether one
+        # took over (then the interface and rules are its own: no teardown), and SIGTERM seen (for linger).
+        self.udp_by_addr: dict[tuple[str, int], tuple[asyncio.DatagramTransport, UDPServer]] = {}
+        self.tcp_by_addr: dict[tuple[str, int], asyncio.Server] = {}
+        self.http_by_addr: dict[tuple[str, int], asyncio.Server] = {}
+        self.handover: handover.Server | None = None
+        self.handed_over = False
+        self.signalled = asyncio.Event()
+        self._send_only: list[SendOnly] = []
 
     def stop(self) -> None:
         self.leaving = self.leaving or "shutting down"
         self.stop_event.set()
+
+    def _signal(self) -> None:
+        self.signalled.set()
+        self.stop()
 
     async def run(self, drain_timeout: float = 5.0) -> None:
         loop = asyncio.get_running_loop()
@@ -120,11 +138,26 @@ class Agent:
         # 1. Bind every listener first: a node whose address is taken must fail before it claims anything.
         #    Only the interface goes in before, as the local IPs must exist to be bound (an existing one is
         #    left as it is). A failed bind tears nothing down: the address may be another agent's, alive.
+        #    A running agent at handover.socket hands us its sockets and cache instead (handover.py): the
+        #    cache goes in before the first query, the sockets serve at once (both agents read them until
+        #    the old one hears READY), and the HTTP endpoints are up before it stops serving its own.
         if self.netsetup is not None:
             await self._in_setup(self.netsetup.ensure_link)
         await self._read_ranges(first=True)
-        await self._bind()
-        self.meters.agent.listening = True
+        inherited = await self._inherit()
+        try:
+            self._adopt(inherited)
+            await self._bind(inherited)
+            self.meters.agent.listening = True
+            await self._serve_http(inherited)
+        except BaseException:
+            inherited.close_unused()
+            if inherited.channel is not None:
+                inherited.channel.close()
+            raise
+        inherited.close_unused()
+        if inherited.channel is not None:
+            await inherited.confirm()
         # 2. Network setup: the conntrack-bypass rules go in only now that listeners are bound; from here
         #    they are reconciled every netsetup.sync_interval, and the liveness heartbeat that host-network
         #    clients' bypass depends on is refreshed every second (netsetup/reconcile.py).
@@ -136,9 +169,8 @@ class Agent:
                                              "reconcile", failures)),
                       loop.create_task(every(HEARTBEAT_INTERVAL, lambda: self._in_setup(ns.heartbeat),
                                              "heartbeat", failures))]
-        # 3. Serve: HTTP endpoints, the cache sweeper, prefetch, the live page's ticker, the readiness probe;
-        #    signals ask for a stop.
-        await self._serve_http()
+        # 3. Serve: the control endpoint, the cache sweeper, prefetch, the live page's ticker, the readiness
+        #    probe; signals ask for a stop.
         await self._serve_control()
         # The node's ranges (access control) are read again as often as the rules are reconciled: a new node
         # or IPAM block adds a route.
@@ -153,7 +185,7 @@ class Agent:
         tasks.append(loop.create_task(wait_ready(cfg, self.meters.resolve)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self._signal)
         # 3a. Upstreams that send queries back to us are taken out (loop detection), the PID file is
         #     written, and from here a changed config file or SIGHUP reloads the config (reload.py).
         async with self.config_lock:
@@ -169,11 +201,22 @@ class Agent:
             log.info("watching %s for changes (every %.1fs; SIGHUP reloads at once)",
                      ", ".join(str(p) for p in self.reloader.source.watched()), cfg.reload_interval)
         self.reloader.started = True
+        # 3b. From here a successor can take our place (handover.py).
+        if cfg.handover.socket and not self.stop_event.is_set():
+            self.handover = handover.Server(cfg.handover, self._giving(), self.now)
+            await self.handover.start()
         log.info("serving on %s", ", ".join(f"{p} {format_hostport(a)}" for p, a in self.bound))
         try:
             await self.stop_event.wait()
         finally:
-            # 4. Drain: stop accepting, let queries in flight finish (bounded), close connections.
+            # 4. Drain: stop accepting, let queries in flight finish (bounded), close connections. A
+            #    handover under way is let finish first (bounded): cut off, it would leave the successor
+            #    binding addresses we still hold.
+            if self.handover is not None:
+                deadline = loop.time() + 3 * cfg.handover.timeout
+                while self.handover.busy and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+                self.handover.close()
             log.info("stopping: draining for up to %.1fs", drain_timeout)
             for s in self.servers:
                 s.close()
@@ -186,7 +229,14 @@ class Agent:
                 await asyncio.wait(pending, timeout=drain_timeout)
             for t in self.udp_transports:
                 t.close()
+            for so in self._send_only:
+                so.close()
             self.tcp.close_all()
+            if self.handed_over and cfg.handover.linger and not self.signalled.is_set():
+                # A container that exits is restarted by the kubelet (and would take the sockets back):
+                # hold nothing, serve nothing, and wait for the SIGTERM that deletes this pod.
+                log.info("handed over; lingering until SIGTERM (handover.linger)")
+                await self.signalled.wait()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             self.reloader.stop()
@@ -195,14 +245,20 @@ class Agent:
             self.resolver.close()
             if self._pidfile is not None:
                 with contextlib.suppress(OSError):
-                    self._pidfile.unlink()
+                    if self._pidfile.read_text().strip() == str(os.getpid()):  # not a successor's
+                        self._pidfile.unlink()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
             # 5. Teardown: rules first, then the interface (netsetup.teardown); with skip_teardown both stay,
-            #    and the rules still fail open (no listener, heartbeat expired).
+            #    and the rules still fail open (no listener, heartbeat expired). After a handover they are
+            #    the successor's: an upgrade or restart leaves them, only an exit with no successor (an
+            #    uninstall, a node going down) removes them.
             if self.netsetup is not None:
-                if cfg.netsetup.skip_teardown:
+                if self.handed_over:
+                    log.info("handed over: interface %s and rules left to the successor",
+                             cfg.netsetup.interface_name)
+                elif cfg.netsetup.skip_teardown:
                     log.info("skip-teardown: interface %s and rules left in place", cfg.netsetup.interface_name)
                 else:
                     await self._in_setup(self.netsetup.teardown)
@@ -218,14 +274,20 @@ class Agent:
             self._setup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netsetup")
         await asyncio.get_running_loop().run_in_executor(self._setup_pool, step)
 
-    async def _bind(self) -> None:
+    async def _bind(self, inherited: Inherited) -> None:
         loop = asyncio.get_running_loop()
         port = self.cfg.listen.port
         socks: list[tuple[str, socket.socket]] = []
+        retry = self.cfg.handover.bind_retry if inherited.predecessor else 0.0
+        deadline = loop.time() + retry
         try:
             for ip in self.cfg.listen.localip:
-                socks.append(("udp", bind_udp((ip, port), self.cfg.listen.udp_rcvbuf)))
-                socks.append(("tcp", bind_tcp((ip, port))))
+                addr = (ipaddress.ip_address(ip).compressed, port)
+                rcvbuf = self.cfg.listen.udp_rcvbuf
+                socks.append(("udp", inherited.take(("udp", addr))
+                              or await _retry(functools.partial(bind_udp, addr, rcvbuf), deadline)))
+                socks.append(("tcp", inherited.take(("tcp", addr))
+                              or await _retry(functools.partial(bind_tcp, addr), deadline)))
         except BindError:
             for _k, s in socks:
                 s.close()
@@ -242,8 +304,11 @@ class Agent:
                 transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp_transports.append(transport)
                 self.udp_protocols.append(proto)
+                self.udp_by_addr[(name[0], name[1])] = (transport, proto)
             else:
-                self.servers.append(await loop.create_server(self.tcp.protocol, sock=sock))
+                server = await loop.create_server(self.tcp.protocol, sock=sock)
+                self.servers.append(server)
+                self.tcp_by_addr[(name[0], name[1])] = server
 
     async def _read_ranges(self, first: bool = False) -> None:
         """Read the node's addresses and routes (acl.node_ranges) and apply them to the access list."""
@@ -274,7 +339,7 @@ class Agent:
         if not v.everyone:
             log.info("answering clients from %s (others: %s)", v.describe(), self.cfg.acl.action)
 
-    async def _serve_http(self) -> None:
+    async def _serve_http(self, inherited: Inherited) -> None:
         metrics = HTTPServer({"/metrics": self._metrics})
         if self.live is not None:
             metrics.routes.update(page.routes(self.live))
@@ -285,14 +350,16 @@ class Agent:
             pairs = [(metrics, maddr)]
         else:
             pairs = [(metrics, maddr), (health, haddr)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.cfg.handover.bind_retry if inherited.predecessor else 0.0)
         for srv, addr in pairs:
-            try:
-                server = await asyncio.start_server(srv.handle, addr[0], addr[1], reuse_address=True)
-            except OSError as e:
-                raise BindError(f"cannot bind http {format_hostport(addr)}: {e.strerror}") from None
+            addr = (ipaddress.ip_address(addr[0]).compressed, addr[1])
+            sock = inherited.take(("http", addr)) or await _retry(functools.partial(bind_tcp, addr, "http"), deadline)
+            server = await asyncio.start_server(srv.handle, sock=sock)
             self.servers.append(server)
             sa = server.sockets[0].getsockname()
             self.bound.append(("http", (sa[0], sa[1])))
+            self.http_by_addr[(sa[0], sa[1])] = server
 
     async def _serve_control(self) -> None:
         """The control socket (control.py). Failing to bind it is logged, not fatal: DNS comes first."""
@@ -324,6 +391,76 @@ class Agent:
             log.error("cannot write pidfile %s: %s", self.cfg.pidfile, e.strerror)
             return
         self._pidfile = path
+
+    # -- handover (handover.py) --------------------------------------------------------------------------
+
+    async def _inherit(self) -> Inherited:
+        """A running agent's sockets and cache, if one is there and hands them over; else nothing."""
+        cfg = self.cfg
+        want: list[Listener] = []
+        for ip in cfg.listen.localip:
+            addr = (ipaddress.ip_address(ip).compressed, cfg.listen.port)
+            want += [("udp", addr), ("tcp", addr)]
+        for addr in {cfg.metrics_address(), cfg.health_address()}:
+            want.append(("http", (ipaddress.ip_address(addr[0]).compressed, addr[1])))
+        return await handover.inherit(cfg.handover, want, cfg.handover.cache, self.now)
+
+    def _adopt(self, inherited: Inherited) -> None:
+        """The predecessor's cache entries, where our config routes them through the same upstream chain."""
+        if not inherited.records:
+            return
+        mine = handover.chains(self.cfg)
+        now = self.now()
+        kept = 0
+        for r in inherited.records:
+            theirs = inherited.zones.get(r.zone)
+            if self.resolver.adopt(r.entry, now, lambda zone: theirs == mine.get(zone)):  # noqa: B023 (called at once)
+                kept += 1
+        log.info("handover: %d of %d cache entries kept (the others expired, or their zone's upstreams changed)",
+                 kept, len(inherited.records))
+        inherited.records = []
+
+    def _giving(self) -> Giving:
+        return Giving(offer=self._offer, entries=self._entries, zones=lambda: handover.chains(self.cfg),
+                      begin=self._handover_begins, cancel=self._handover_cancelled, finish=self._hand_over,
+                      leave=self.stop)
+
+    def _offer(self) -> list[tuple[Listener, int]]:
+        out: list[tuple[Listener, int]] = []
+        for addr, (transport, _p) in self.udp_by_addr.items():
+            out.append((("udp", addr), transport.get_extra_info("socket").fileno()))
+        for kind, servers in (("tcp", self.tcp_by_addr), ("http", self.http_by_addr)):
+            for addr, server in servers.items():
+                out.append(((kind, addr), server.sockets[0].fileno()))
+        return out
+
+    def _entries(self) -> list[tuple[str, Entry]]:
+        return [(part.zone, e) for part in self.store.partitions.values() for e in part.lru.values()]
+
+    def _handover_begins(self, pid: int) -> None:
+        self.leaving = f"handing over to a successor (pid {pid})"
+
+    def _handover_cancelled(self, _reason: str) -> None:
+        if self.leaving.startswith("handing over"):
+            self.leaving = ""
+
+    def _hand_over(self, taken: list[Listener]) -> None:
+        """The successor serves: stop reading what it took. A UDP socket's replies still in flight go out
+        through a duplicate descriptor that nothing reads from (the same socket: same address and port)."""
+        self.handed_over = True
+        self.leaving = "handed over to a successor"
+        for kind, addr in taken:
+            if kind == "udp" and addr in self.udp_by_addr:
+                transport, proto = self.udp_by_addr.pop(addr)
+                fd = transport.get_extra_info("socket").fileno()
+                dup = SendOnly(socket.socket(fileno=os.dup(fd)))
+                self._send_only.append(dup)
+                proto.transport = dup  # type: ignore[assignment]
+                transport.close()
+            elif kind == "tcp" and addr in self.tcp_by_addr:
+                self.tcp_by_addr.pop(addr).close()
+            elif kind == "http" and addr in self.http_by_addr:
+                self.http_by_addr.pop(addr).close()
 
     # -- endpoints ---------------------------------------------------------------------------------------
 
@@ -532,3 +669,20 @@ class Agent:
         while old.inflight and loop.time() < deadline:
             await asyncio.sleep(0.05)
         old.close()
+
+
+async def _retry(bind: Callable[[], socket.socket], deadline: float) -> socket.socket:
+    """bind(), again every 0.1 s while the address is in use and `deadline` (loop time) is ahead: a
+    predecessor that did not hand over may be closing its sockets."""
+    loop = asyncio.get_running_loop()
+    logged = False
+    while True:
+        try:
+            return bind()
+        except BindError as e:
+            if e.errno != errno.EADDRINUSE or loop.time() >= deadline:
+                raise
+            if not logged:
+                log.warning("%s; retrying for up to %.1fs", e, deadline - loop.time())
+                logged = True
+        await asyncio.sleep(0.1)

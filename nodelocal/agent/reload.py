@@ -24,7 +24,8 @@ from nodelocal.resolve.router import Router
 log = logging.getLogger("nodelocal.reload")
 
 # Fields a running agent cannot change: they are bound sockets, kernel state or files made at start.
-RESTART_FIELDS = ("listen", "setup", "netsetup", "metrics_addr", "health_addr", "page", "pidfile", "control")
+RESTART_FIELDS = ("listen", "setup", "netsetup", "handover", "metrics_addr", "health_addr", "page", "pidfile",
+                  "control")
 
 
 @dataclass

@@ -27,6 +27,7 @@ DEV_PROFILE: dict[str, Any] = {
     "metrics_addr": "127.0.0.1:9253",
     "health_addr": "127.0.0.1:8080",
     "require_cluster_dns": False,  # a laptop has no cluster DNS unless --cluster-dns names one: warn only
+    "handover": {"socket": ""},  # /run/nodelocal is root's; a laptop agent does without
 }
 
 
@@ -114,6 +115,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="leave interface and rules on exit [netsetup.skip_teardown=true]")
     p.add_argument("--allow", action="append", metavar="CIDR",
                    help="answer clients from CIDR too, repeatable [acl.allow]; beside the node's own ranges")
+    p.add_argument("--handover-socket", metavar="PATH",
+                   help="where a running agent hands its sockets and cache to a successor; '' = off "
+                        "[handover.socket]")
+    p.add_argument("--handover-linger", action="store_true",
+                   help="after handing over, wait for SIGTERM instead of exiting [handover.linger=true]")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serves /metrics [metrics_addr]")
     p.add_argument("--health-addr", metavar="HOST:PORT",
                    help="serves /health and /ready [health_addr]; default: the first localip, port 8080")
@@ -240,6 +246,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         netsetup["skip_teardown"] = True
     if netsetup:
         out["netsetup"] = netsetup
+    hand: dict[str, Any] = out.setdefault("handover", {})
+    if args.handover_socket is not None:
+        hand["socket"] = args.handover_socket
+    if args.handover_linger:
+        hand["linger"] = True
+    if not hand:
+        del out["handover"]
     for flag, fieldname in (("metrics_addr", "metrics_addr"), ("health_addr", "health_addr"),
                             ("log_level", "log_level")):
         if getattr(args, flag) is not None:

@@ -233,6 +233,22 @@ class ClientsConfig:
 
 
 @dataclass(frozen=True)
+class HandoverConfig:
+    """Zero-downtime restart and upgrade: a new agent takes the running one's sockets and cache."""
+
+    socket: str = _f("/run/nodelocal/handover.sock", "Unix socket (in a host directory both pods mount) where the "
+                                                     "running agent hands its listeners and cache to a successor; "
+                                                     "empty = off")
+    timeout: float = _f(5.0, "seconds each step of a handover may take; past it the waiting side gives up and "
+                             "falls back (the old agent keeps serving, or the new one binds itself)", lo=0.1)
+    bind_retry: float = _f(10.0, "seconds a new agent retries a bind that finds the address in use, when a "
+                                 "predecessor was there but did not hand over", lo=0)
+    cache: bool = _f(True, "send the cache to the successor (remaining TTLs, never extended)")
+    linger: bool = _f(False, "after handing over, wait for SIGTERM instead of exiting (a DaemonSet's container: "
+                             "the kubelet would restart one that exits)")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole agent config."""
 
@@ -246,6 +262,7 @@ class Config:
     clients: ClientsConfig = _f(ClientsConfig(), "what one client may take")
     setup: bool = _f(True, "create the interface and conntrack rules (network setup)")
     netsetup: NetSetupConfig = _f(NetSetupConfig(), "how network setup works")
+    handover: HandoverConfig = _f(HandoverConfig(), "handing listeners and cache to a successor")
     metrics_addr: str = _f("0.0.0.0:9253", "HOST:PORT serving /metrics")
     page: bool = _f(True, "serve the live page (/) and /api/stats on metrics_addr, sampling queries for "
                           "its top names and clients")

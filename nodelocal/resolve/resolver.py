@@ -293,6 +293,19 @@ class Resolver:
             when = entry.stored + entry.ttl * route.prefetch_share
             heapq.heappush(self.store.due, (when, next(self._seq), entry))
 
+    def adopt(self, entry: Entry, now: float, same_chain: Callable[[str], bool]) -> bool:
+        """Insert an entry a predecessor handed over (agent/handover.py) into the zone our config routes it
+        to, if `same_chain(zone)` (the answer came through the upstreams this zone still uses) and it is
+        still live or within the zone's stale window; True if it went in. Its expiry is never extended."""
+        try:
+            route = self.router.match(labels_of_wire(entry.key))
+        except (IndexError, ValueError):
+            return False
+        if not same_chain(route.name) or now >= entry.expires + route.parts[entry.kind].stale:
+            return False
+        self._put(entry, now, route)
+        return entry.part is not None
+
     def _failed(self, key: bytes, now: float, route: ZoneRoute) -> None:
         """Remember that `key`'s refresh failed: answer it stale, unasked, for the zone's stale_recheck."""
         if len(self.recheck) >= RECHECK_MAX:

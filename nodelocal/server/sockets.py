@@ -56,12 +56,13 @@ def bind_udp(addr: Address, rcvbuf: int = UDP_RCVBUF) -> socket.socket:
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise BindError(why("udp", addr, e)) from None
+        raise BindError(why("udp", addr, e), e.errno) from None
     return sock
 
 
-def bind_tcp(addr: Address) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket; BindError names the address when the kernel refuses."""
+def bind_tcp(addr: Address, kind: str = "tcp") -> socket.socket:
+    """A bound, listening, non-blocking TCP socket; BindError names the address (and `kind`, the listener's
+    name in the message) when the kernel refuses."""
     sock = socket.socket(family(addr[0]), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -70,5 +71,5 @@ def bind_tcp(addr: Address) -> socket.socket:
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise BindError(why("tcp", addr, e)) from None
+        raise BindError(why(kind, addr, e), e.errno) from None
     return sock

@@ -22,14 +22,15 @@ from tests.fakedns import FakeDNS, free_port, wait_for
 class RunningAgent:
     """An Agent serving on 127.0.0.1:<free port>; queries and HTTP helpers for tests."""
 
-    def __init__(self, overrides: dict[str, Any]) -> None:
-        self.port = free_port()
+    def __init__(self, overrides: dict[str, Any], port: int | None = None) -> None:
+        self.port = port or free_port()
         base = {
             "listen": {"localip": ["127.0.0.1"], "port": self.port},
             "setup": False,
             "metrics_addr": "127.0.0.1:0",
             "health_addr": "127.0.0.1:0",
             "control": {"socket": ""},  # tests that use it name their own (never the host's /run/nodelocal)
+            "handover": {"socket": ""},  # tests that hand over name a socket of their own
         }
         self.cfg = load(None, _merge(base, overrides), env={}, resolv_conf="/nonexistent")
         self.agent: Agent | None = None

@@ -35,6 +35,12 @@ def test_no_flags_no_overrides() -> None:
     assert over() == {}
 
 
+def test_handover_flags() -> None:
+    assert over("--handover-socket", "/tmp/h.sock", "--handover-linger") == {
+        "handover": {"socket": "/tmp/h.sock", "linger": True}}
+    assert over("--dev", "--handover-socket", "/tmp/h.sock")["handover"] == {"socket": "/tmp/h.sock"}
+
+
 def test_dev_profile() -> None:
     # 5300, not 5353: the mDNS port is taken wherever avahi runs.
     assert over("--dev") == {
@@ -43,6 +49,7 @@ def test_dev_profile() -> None:
         "metrics_addr": "127.0.0.1:9253",
         "health_addr": "127.0.0.1:8080",
         "require_cluster_dns": False,
+        "handover": {"socket": ""},
     }
 
 
