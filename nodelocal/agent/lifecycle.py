@@ -344,12 +344,13 @@ class Agent:
         if self.live is not None:
             metrics.routes.update(page.routes(self.live))
         health = HTTPServer({"/health": self._health, "/ready": self._ready})
-        maddr, haddr = self.cfg.metrics_address(), self.cfg.health_address()
-        if maddr == haddr:
+        # metrics_addr without a host: the node's own address and loopback, not every interface (config/model.py).
+        maddrs, haddr = self.cfg.metrics_addresses(), self.cfg.health_address()
+        pairs = [(metrics, a) for a in maddrs]
+        if haddr in maddrs:
             metrics.routes.update(health.routes)
-            pairs = [(metrics, maddr)]
         else:
-            pairs = [(metrics, maddr), (health, haddr)]
+            pairs.append((health, haddr))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.cfg.handover.bind_retry if inherited.predecessor else 0.0)
         for srv, addr in pairs:

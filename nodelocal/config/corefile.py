@@ -593,6 +593,12 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
                 except ConfigError as e:
                     p.add(d.line, f"{d.name}: {text!r}: {e.reason}")
                     continue
+                if d.name == "prometheus" and (not text or text.startswith(":")):
+                    # CoreDNS binds every interface here; nodelocal's empty host is the node's own address and
+                    # loopback (metrics_addr): the live page beside /metrics shows clients and names.
+                    addr = ("", addr[1])
+                    notes.append(f"{source}:{d.line}: prometheus {text or ':9153'}: served on the node's own "
+                                 "address and 127.0.0.1, not every interface (metrics_addr 0.0.0.0:PORT for that)")
                 (health if d.name == "health" else metrics).append(addr)
                 if d.name == "health" and d.block:
                     notes.append(f"{source}:{d.line}: health lameduck: read, not acted on (the agent drains "

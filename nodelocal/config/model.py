@@ -263,7 +263,9 @@ class Config:
     setup: bool = _f(True, "create the interface and conntrack rules (network setup)")
     netsetup: NetSetupConfig = _f(NetSetupConfig(), "how network setup works")
     handover: HandoverConfig = _f(HandoverConfig(), "handing listeners and cache to a successor")
-    metrics_addr: str = _f("0.0.0.0:9253", "HOST:PORT serving /metrics")
+    metrics_addr: str = _f(":9253", "HOST:PORT serving /metrics, the live page and /api/stats; without HOST (:PORT) "
+                                    "the node's own address ($NODELOCAL_NODE_IP, else the default route's source "
+                                    "address) and 127.0.0.1, not every interface")
     page: bool = _f(True, "serve the live page (/) and /api/stats on metrics_addr, sampling queries for "
                           "its top names and clients")
     health_addr: str = _f("", "HOST:PORT serving /health and /ready; empty = first localip:8080")
@@ -283,7 +285,17 @@ class Config:
         return (self.listen.localip[0], 8080)
 
     def metrics_address(self) -> Address:
-        return parse_hostport(self.metrics_addr, 9253, "metrics_addr")
+        """The first address /metrics is served on (the node's own when metrics_addr has no host)."""
+        return self.metrics_addresses()[0]
+
+    def metrics_addresses(self) -> tuple[Address, ...]:
+        """Where /metrics, the live page and /api/stats are served: metrics_addr, or without a host the node's
+        own address and loopback (the page shows client addresses and queried names: not every interface)."""
+        if self.metrics_addr.startswith(":"):
+            port = parse_hostport("127.0.0.1" + self.metrics_addr, 9253, "metrics_addr")[1]
+            node = node_address()
+            return ((node, port), ("127.0.0.1", port)) if node != "127.0.0.1" else (("127.0.0.1", port),)
+        return (parse_hostport(self.metrics_addr, 9253, "metrics_addr"),)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,6 +369,29 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+NODE_IP_ENV = "NODELOCAL_NODE_IP"  # the DaemonSet sets it from the downward API (status.hostIP)
+
+
+def node_address(env: typing.Mapping[str, str] | None = None) -> str:
+    """The node's own address: $NODELOCAL_NODE_IP, else the source address of the route to a documentation
+    address (a UDP connect sends nothing), else 127.0.0.1 when the node has no such route."""
+    env = os.environ if env is None else env
+    ip = env.get(NODE_IP_ENV, "").strip()
+    if ip:
+        try:
+            return ipaddress.ip_address(ip).compressed
+        except ValueError:
+            raise ConfigError(f"${NODE_IP_ENV}", ip, "not an IP address") from None
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # RFC 5737 TEST-NET-1: only the route lookup, no packet
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
@@ -480,7 +515,7 @@ def validate(cfg: Config) -> None:
             ipaddress.ip_address(ip)
         except ValueError:
             raise ConfigError(f"netsetup.kube_dns_ips[{i}]", ip, "not an IP address") from None
-    parse_hostport(cfg.metrics_addr, 9253, "metrics_addr")
+    parse_hostport(("127.0.0.1" if cfg.metrics_addr.startswith(":") else "") + cfg.metrics_addr, 9253, "metrics_addr")
     if cfg.health_addr:
         parse_hostport(cfg.health_addr, 8080, "health_addr")
 

@@ -94,3 +94,72 @@ def test_any_forwarded_when_minimal_any_is_off(cluster: Any, host: Any, make_age
     r = a.query("web.default.svc.cluster.local", "ANY")
     assert cluster.count("web.default.svc.cluster.local", "ANY") == 1
     assert not any(x.rdtype == dns.rdatatype.HINFO for x in r.answer)
+
+
+def test_one_flooding_client_cannot_take_the_miss_budget(cluster: Any, host: Any, make_agent: Any) -> None:
+    # The flooder's names are never answered upstream: each holds a slot until its query times out.
+    flood = [f"flood{i}.example.test" for i in range(40)]
+    for n in flood:
+        cluster.behaviour[n + "."] = "drop"
+        host.behaviour[n + "."] = "drop"
+    a = make_agent({**upstreams(cluster, host, try_timeout=1.0), "clients": {"max_pending": 8},
+                    "resolve": {"query_timeout": 2.0}})
+    assert a.query("web.default.svc.cluster.local").answer  # cached for the well-behaved client
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((OUTSIDE, 0))  # the flooder (loopback is within the node's ranges: allowed)
+        s.settimeout(2.0)
+        for n in flood:
+            s.sendto(dns.message.make_query(n, "A").to_wire(), ("127.0.0.1", a.port))
+        refused = 0
+        for _ in range(len(flood) - 8):
+            r = dns.message.from_wire(s.recv(512))
+            refused += r.rcode() == dns.rcode.REFUSED
+        assert refused == len(flood) - 8
+        # Meanwhile the other client's hits and misses are answered as usual.
+        assert a.query("web.default.svc.cluster.local").answer
+        assert a.query("example.test", timeout=3.0).answer
+    assert a.metric("nodelocal_client_limited_total", reason="pending", action="refused") == len(flood) - 8
+    assert sum(cluster.count(n) for n in flood) <= 8 * 2  # at most its cap went upstream (each one retransmit)
+
+
+def test_tcp_queries_count_against_the_client_cap(cluster: Any, host: Any, make_agent: Any) -> None:
+    for i in range(6):
+        cluster.behaviour[f"slow{i}.example.test."] = "drop"
+        host.behaviour[f"slow{i}.example.test."] = "drop"
+    a = make_agent({**upstreams(cluster, host, try_timeout=0.5), "clients": {"max_pending": 2},
+                    "resolve": {"query_timeout": 1.0}})
+    with socket.create_connection(("127.0.0.1", a.port), timeout=5, source_address=(OUTSIDE, 0)) as s:
+        for i in range(6):
+            w = dns.message.make_query(f"slow{i}.example.test", "A").to_wire()
+            s.sendall(struct.pack(">H", len(w)) + w)
+        rcodes = []
+        for _ in range(6):
+            n = struct.unpack(">H", s.recv(2))[0]
+            data = b""
+            while len(data) < n:
+                data += s.recv(n - len(data))
+            rcodes.append(dns.message.from_wire(data).rcode())
+    assert rcodes.count(dns.rcode.REFUSED) == 4 and rcodes.count(dns.rcode.SERVFAIL) == 2
+    assert a.metric("nodelocal_client_limited_total", reason="pending") == 4
+    assert a.metric("nodelocal_client_state_entries", kind="pending") == 0  # released when answered
+
+
+def test_metrics_bind_the_node_address_and_loopback_only(cluster: Any, host: Any, make_agent: Any,
+                                                          monkeypatch: Any) -> None:
+    from tests.fakedns import free_port
+
+    port = free_port()
+    monkeypatch.setenv("NODELOCAL_NODE_IP", "127.0.0.2")  # stands in for the node's own address
+    a = make_agent({**upstreams(cluster, host), "metrics_addr": f":{port}"})
+    http = sorted(addr for kind, addr in a.agent.bound if kind == "http")
+    assert ("127.0.0.1", port) in http and ("127.0.0.2", port) in http
+    assert not any(h == "0.0.0.0" for h, _p in http)
+    for ip in ("127.0.0.1", "127.0.0.2"):
+        with socket.create_connection((ip, port), timeout=2):
+            pass
+    try:
+        socket.create_connection(("127.0.0.3", port), timeout=2).close()
+    except ConnectionRefusedError:
+        pass
+    else:
+        raise AssertionError("metrics reachable on an address that is not the node's")

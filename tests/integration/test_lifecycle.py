@@ -92,7 +92,8 @@ class Kubelet:
             for m in self.c["volumeMounts"]:
                 if m["name"] == v["name"]:
                     self.mounts[m["mountPath"]] = vol.root
-        self.env = container_env(self.c, service_env({"kube-dns": KUBE_DNS, "kube-dns-upstream": UPSTREAM_SVC}))
+        self.env = container_env(self.c, service_env({"kube-dns": KUBE_DNS, "kube-dns-upstream": UPSTREAM_SVC}),
+                                 fields={"status.hostIP": "10.250.0.1"})  # the lab node's own address
         argv = image_entrypoint() + args(self.c, self.env)
         self.created: list[Path] = []
         if not bind_mounts:

@@ -69,9 +69,16 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _REF.sub(sub, text)
 
 
+# The downward API fields the manifests read, as kubelet fills them for a pod on a node at HOST_IP.
+HOST_IP = "192.0.2.50"
+POD_FIELDS = {"status.hostIP": HOST_IP}
+
+
 def container_env(c: dict[str, Any], service_env: Mapping[str, str],
-                  configmaps: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
-    """The environment kubelet gives the container: service variables, then `env` in order, expanded."""
+                  configmaps: Mapping[str, Mapping[str, str]] | None = None,
+                  fields: Mapping[str, str] = POD_FIELDS) -> dict[str, str]:
+    """The environment kubelet gives the container: service variables, then `env` in order, expanded
+    (downward API `fieldRef`s from `fields`)."""
     env = dict(service_env)
     for e in c.get("env", []):
         if "value" in e:
@@ -79,6 +86,8 @@ def container_env(c: dict[str, Any], service_env: Mapping[str, str],
         elif "configMapKeyRef" in e.get("valueFrom", {}):
             ref = e["valueFrom"]["configMapKeyRef"]
             env[e["name"]] = (configmaps or {})[ref["name"]][ref["key"]]
+        elif "fieldRef" in e.get("valueFrom", {}):
+            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             raise AssertionError(f"env {e['name']}: valueFrom kind not played here")
     return env

@@ -20,7 +20,9 @@ from nodelocal.cli import dnsconfig
 from nodelocal.cli import nodecache as compat
 from nodelocal.cli.commands import build_parser, main, overrides_from
 from nodelocal.config import kubedns
+from nodelocal.config.model import node_address
 from tests.k8s.kubelet import (
+    HOST_IP,
     KUSTOMIZE_ROOT,
     OVERLAYS,
     REPO,
@@ -182,7 +184,9 @@ def test_the_agent_accepts_the_daemonsets_command_line(rendered: dict[str, list[
     assert cfg.netsetup.rules_backend == backend
     assert cfg.upstreams["cluster"].servers == ("10.96.0.11:53",)  # $KUBE_DNS_UPSTREAM_SERVICE_HOST/_PORT
     assert cfg.health_address() == (LINK_LOCAL, 8080)  # where the probes look
-    assert cfg.metrics_address() == ("0.0.0.0", 9253)  # where the annotations point
+    # Metrics, the live page and /api/stats: the node's own address (the pod IP Prometheus scrapes, host
+    # network) and loopback, not every interface.
+    assert cfg.metrics_addr == ":9253" and node_address(env) == HOST_IP
     assert cfg.resolve.loop_detect is True
     assert "." in cfg.zones and cfg.zones["cluster.local"].forward == ("cluster",)
 

@@ -124,7 +124,7 @@ def test_addon_default_corefile_with_its_placeholders(resolv: str) -> None:
     assert (host.servers, host.transport) == (("192.0.2.53:53", "192.0.2.54:53"), "udp")
     assert cfg.listen.localip == ("169.254.20.10",) and cfg.listen.port == 53
     assert cfg.health_address() == ("169.254.20.10", 8080)
-    assert cfg.metrics_address() == ("0.0.0.0", 9253)
+    assert cfg.metrics_addr == ":9253"  # the node's own address and loopback, not every interface
     assert cfg.resolve.loop_detect is True
     assert cfg.cluster_domain == "cluster.local"
 

@@ -60,7 +60,7 @@ def test_defaults() -> None:
     assert cfg.zones["."].cache == config.ZoneCache()
     assert cfg.cache.max_bytes == 32 * 1024 * 1024
     assert cfg.setup is True and cfg.log_level == "info"
-    assert cfg.metrics_address() == ("0.0.0.0", 9253)
+    assert cfg.metrics_addr == ":9253" and cfg.metrics_address()[1] == 9253
     assert cfg.health_address() == ("169.254.20.10", 8080)
 
 
@@ -348,3 +348,25 @@ def test_shipped_config_file_mentions_every_field() -> None:
     names = _field_names(Config) | _field_names(config.UpstreamGroup)
     missing = sorted(n for n in names if n not in text)
     assert not missing, f"config/nodelocal.yaml does not document: {missing}"
+
+
+def test_metrics_without_a_host_are_served_on_the_node_address_and_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodelocal import ConfigError
+    from nodelocal.config.model import node_address
+
+    monkeypatch.setenv("NODELOCAL_NODE_IP", "10.0.0.5")
+    cfg = load(None, {}, env={}, resolv_conf="/nonexistent")
+    assert cfg.metrics_addresses() == (("10.0.0.5", 9253), ("127.0.0.1", 9253))
+    assert cfg.metrics_address() == ("10.0.0.5", 9253)
+    other = load(None, {"metrics_addr": ":9300"}, env={}, resolv_conf="/nonexistent")
+    assert other.metrics_addresses() == (("10.0.0.5", 9300), ("127.0.0.1", 9300))
+    every = load(None, {"metrics_addr": "0.0.0.0:9253"}, env={}, resolv_conf="/nonexistent")
+    assert every.metrics_addresses() == (("0.0.0.0", 9253),)
+    monkeypatch.setenv("NODELOCAL_NODE_IP", "127.0.0.1")
+    assert cfg.metrics_addresses() == (("127.0.0.1", 9253),)
+    with pytest.raises(ConfigError, match="NODELOCAL_NODE_IP"):
+        node_address({"NODELOCAL_NODE_IP": "node-1"})
+    with pytest.raises(ConfigError, match="metrics_addr"):
+        load(None, {"metrics_addr": ":http"}, env={}, resolv_conf="/nonexistent")
+    # Without the variable: the source address of the default route, never every interface.
+    assert node_address({}) != "0.0.0.0"
