@@ -172,6 +172,7 @@ netsetup:
   sync_interval: $SYNC
   kube_dns_ips: [$KUBE_DNS, "$KUBE_DNS6"]
 metrics_addr: "127.0.0.1:9253"
+control: {socket: "$STATE/control.sock"}  # nodelocal cache / doctor --socket (never the host's /run/nodelocal)
 EOF
 }
 

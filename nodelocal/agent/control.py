@@ -109,7 +109,8 @@ def entry_info(e: Entry, now: float) -> dict[str, Any]:
         "name": name, "type": dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)),
         "class": dns.rdataclass.to_text(dns.rdataclass.RdataClass.make(qclass)),
         "flags": list(flags), "zone": e.part.zone if e.part is not None else None, "kind": KIND_NAMES[e.kind],
-        "rcode": dns.rcode.to_text(dns.rcode.Rcode.make(e.rcode)), "ttl": e.ttl, "remaining": max(0, int(left)),
+        "rcode": dns.rcode.to_text(dns.rcode.Rcode.make(e.rcode)), "ttl": e.ttl,
+        "remaining": max(0, e.ttl - int(now - e.stored)),  # as the records' TTLs show it
         "stale": stale,
         "stale_for": int(-left) if stale else 0, "hits": e.hits,
     }

@@ -169,10 +169,33 @@ def build_parser() -> Parser:
     which.add_argument("name", nargs="?", metavar="NAME", help="drop this name's entries (every type)")
     which.add_argument("--zone", metavar="ZONE", help="drop every entry at or below ZONE")
     which.add_argument("--all", action="store_true", help="drop every entry")
-    for p in (cdump, cflush):
+    doctor = sub.add_parser("doctor", help="explain this node's DNS path and what is wrong with it (root; exit 1 on "
+                                           "a problem)")
+    doctor.add_argument("name", nargs="?", metavar="NAME", help="also show this name's zone, upstreams, cache entry "
+                                                                "and answer")
+    doctor.add_argument("--json", action="store_true", help="findings and every fact looked at, as JSON")
+    doctor.add_argument("--config", metavar="FILE", help="the agent's YAML config, used when no agent answers")
+    for p in (cdump, cflush, doctor):
         p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                        help="the agent's control socket [control.socket]")
     return parser
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from nodelocal.cli import doctor as doctorcli
+    from nodelocal.config import load
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"nodelocal: doctor: {e}", file=sys.stderr)
+        return 2
+    try:
+        return doctorcli.run(args.socket, args.name or "", args.json, cfg,
+                             f"--config {args.config}" if args.config else "the built-in defaults")
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -307,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_dnsconfig(args)
     if args.command == "cache":
         return run_cache(args)
+    if args.command == "doctor":
+        return run_doctor(args)
     try:
         flags = overrides_from(args)
         notes = compat.overrides(args, flags)

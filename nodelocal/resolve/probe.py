@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiodns
 import pycares
@@ -27,14 +28,25 @@ _ANSWERED = {
 
 async def probe_once(host: str, port: int, tcp: bool, name: str, timeout: float = 2.0) -> bool:
     """Did the server at host:port answer a query for `name` SOA at all?"""
+    return (await probe_timed(host, port, tcp, name, timeout))[0]
+
+
+async def probe_timed(host: str, port: int, tcp: bool, name: str, timeout: float = 2.0) -> tuple[bool, float, str]:
+    """(answered at all, seconds it took, what came back: 'answer', an rcode-like c-ares error, or why not).
+
+    Also `nodelocal doctor`'s probe: a client independent of the agent's own forwarder.
+    """
     flags = pycares.ARES_FLAG_USEVC if tcp else 0
     resolver = aiodns.DNSResolver(nameservers=[format_hostport((host, port))], timeout=timeout, tries=1,
                                   flags=flags)
+    t0 = time.monotonic()
     try:
         await resolver.query_dns(name, "SOA")
-        return True
+        return True, time.monotonic() - t0, "answer"
     except aiodns.error.DNSError as e:
-        return e.args[0] in _ANSWERED
+        took = time.monotonic() - t0
+        detail = str(e.args[1]) if len(e.args) > 1 else str(e.args[0])
+        return e.args[0] in _ANSWERED, took, detail
     finally:
         await resolver.close()
 
