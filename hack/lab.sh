@@ -8,6 +8,14 @@
 #   hack/lab.sh agent start|stop|kill|restart [ARGS...]
 #                                  stop = SIGTERM (teardown), kill = kill -9 (rules stay: fail-open)
 #   hack/lab.sh failopen           kill -9 the agent, time every path's first answer, start it again
+#   hack/lab.sh rolling-update [ARGS...]
+#                                  what kubelet does with maxSurge 1: start a new agent beside the running one
+#                                  (ARGS to it: a changed config; LAB_NODELOCAL_NEW: another build), wait until
+#                                  it is ready, SIGTERM the old one; the new one took its sockets and cache
+#   hack/lab.sh crash-restart      kill -9 the agent, start it again at once (no handover: it binds anew)
+#   hack/lab.sh handover KIND... [--seconds N] [--json FILE] [--udp-rate Q] [--tcp-rate Q]
+#                                  pods query at a steady rate across a switch of agents (KIND: rolling-update
+#                                  config-change kill-mid crash-restart; hack/handoverrun.py)
 #   hack/lab.sh fault KIND... [--seconds N] [--json FILE] [--rate Q] [--timeout S] [--warmup S] [--before S]
 #                 [--after S] [--delay S] [--loss PCT] [--fresh-agent]
 #                                  what pods see while CoreDNS misbehaves (KIND: stop servfail slow loss)
@@ -173,32 +181,62 @@ netsetup:
   kube_dns_ips: [$KUBE_DNS, "$KUBE_DNS6"]
 metrics_addr: "127.0.0.1:9253"
 control: {socket: "$STATE/control.sock"}  # nodelocal cache / doctor --socket (never the host's /run/nodelocal)
+handover:
+  socket: $STATE/handover.sock  # this lab's own (the node namespace shares the host's /run)
+  linger: true                  # as in the DaemonSet: after handing over, wait for SIGTERM
 EOF
 }
 
 agent_start() {
   [ -z "$(agent_pid || true)" ] || { say "agent already running (pid $(agent_pid))"; return 0; }
   exists node || die "the lab is not up"
-  local from
+  agent_spawn "$STATE/agent.pid" "${LAB_NODELOCAL:-$ROOT/.venv/bin/nodelocal}" /health "$@"
+  say "agent running (pid $(cat "$STATE/agent.pid"), log $STATE/agent.log)"
+}
+
+agent_spawn() {  # PIDFILE BINARY PATH ARGS...: start an agent, wait for `serving on` and GET PATH = 200
+  local pidfile=$1 bin=$2 path=$3 from i pid
+  shift 3
   from=1
   [ -f "$STATE/agent.log" ] && from=$(($(wc -l <"$STATE/agent.log") + 1))
   : >>"$STATE/agent.log"  # exists before the first look at it below
   # setsid: the agent outlives this script; `ip netns exec` execs, so $! is the agent itself.
-  setsid ip netns exec "$(ns node)" "${LAB_NODELOCAL:-$ROOT/.venv/bin/nodelocal}" serve --config "$STATE/agent.yaml" "$@" \
+  setsid ip netns exec "$(ns node)" "$bin" serve --config "$STATE/agent.yaml" "$@" \
     >>"$STATE/agent.log" 2>&1 </dev/null &
-  echo $! >"$STATE/agent.pid"
-  local i
-  for ((i = 0; i < 100; i++)); do  # its log says when every listener is bound and the rules are in
+  pid=$!
+  echo "$pid" >"$pidfile"
+  for ((i = 0; i < 200; i++)); do  # its log says when every listener is bound and the rules are in
     if (($(tail -n "+$from" "$STATE/agent.log" | grep -c "serving on" || true) > 0)) &&
-      in_ns node curl -sf -o /dev/null "http://$LINK_LOCAL:8080/health" 2>/dev/null; then
-      say "agent running (pid $(cat "$STATE/agent.pid"), log $STATE/agent.log)"
+      in_ns node curl -sf -o /dev/null "http://$LINK_LOCAL:8080$path" 2>/dev/null; then
       return 0
     fi
-    kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null || { tail -20 "$STATE/agent.log" >&2; die "agent exited"; }
-    sleep 0.1
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$STATE/agent.log" >&2; die "agent exited"; }
+    sleep 0.05
   done
   tail -20 "$STATE/agent.log" >&2
-  die "agent did not become healthy within 10s"
+  die "agent did not answer $path within 10s"
+}
+
+cmd_rolling_update() {  # [ARGS...]: kubelet's maxSurge 1 on this node
+  need_root
+  local old new i t0
+  old=$(agent_pid) || die "the agent is not running (hack/lab.sh agent start)"
+  t0=$(now)
+  # The new agent: ready (its /ready, on the listener it took over) means it serves with the old one's sockets.
+  agent_spawn "$STATE/agent.new.pid" "${LAB_NODELOCAL_NEW:-${LAB_NODELOCAL:-$ROOT/.venv/bin/nodelocal}}" /ready "$@"
+  new=$(cat "$STATE/agent.new.pid")
+  say "new agent pid $new ready after $(since "$t0")s; SIGTERM to the old one (pid $old)"
+  kill -TERM "$old" 2>/dev/null || true  # gone already (killed): nothing to stop
+  for ((i = 0; i < 300; i++)); do kill -0 "$old" 2>/dev/null || break; sleep 0.05; done
+  kill -0 "$old" 2>/dev/null && { say "old agent ignored SIGTERM for 15s: kill -9"; kill -KILL "$old"; }
+  mv "$STATE/agent.new.pid" "$STATE/agent.pid"
+  say "rolling update done in $(since "$t0")s: pid $old -> $new"
+}
+
+cmd_crash_restart() {  # kill -9, then start again at once: no handover (the socket file is stale)
+  need_root
+  agent_kill
+  agent_start "$@"
 }
 
 agent_stop() {  # SIGTERM: drain, teardown (rules, then interface)
@@ -589,6 +627,15 @@ case ${1:-} in
   down) cmd_down ;;
   status) cmd_status "${2:-}" ;;
   failopen) cmd_failopen ;;
+  rolling-update) shift; cmd_rolling_update "$@" ;;
+  crash-restart) shift; cmd_crash_restart "$@" ;;
+  handover)
+    shift
+    need_root
+    [ -n "$(agent_pid || true)" ] || die "the agent is not running (hack/lab.sh agent start)"
+    exec "$ROOT/.venv/bin/python" "$ROOT/hack/handoverrun.py" --lab "$ROOT/hack/lab.sh" --prefix "$PREFIX" \
+      --state "$STATE" "$@"
+    ;;
   fault) shift; cmd_fault "$@" ;;
   faults) shift; cmd_fault all "$@" ;;
   exec)
@@ -608,5 +655,5 @@ case ${1:-} in
       *) die "usage: hack/lab.sh agent start|stop|kill|restart [ARGS...]" ;;
     esac
     ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -3,8 +3,10 @@
 
 Sends UDP queries for a fixed list of (name, type) pairs at a steady rate to one server, EVERY QUERY
 FROM A NEW SOCKET (a new source port, as glibc and musl resolvers in pods do), and waits up to the
-client timeout for each. A query's outcome is the answer's rcode (NOERROR, NXDOMAIN, SERVFAIL,
-REFUSED, other), `timeout` (no valid reply in time) or `error` (ICMP unreachable, send failure).
+client timeout for each. --tcp: each query over a new TCP connection instead (connect, one framed
+query, the framed reply; a refused or reset connection is `error`).
+A query's outcome is the answer's rcode (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, other), `timeout` (no
+valid reply in time) or `error` (ICMP unreachable, send failure).
 The send schedule is fixed (query i leaves at start + i/rate): slow answers never lower the offered
 rate; at most --max-outstanding queries wait at once, a query that would pass that is `dropped`
 (counted, not sent). Replies are matched by ID, source and question; anything else is ignored.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import math
 import os
@@ -123,6 +126,7 @@ class Load:
                 q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
                 self.pairs.append((name, rdtype, q.to_wire()))
         self.outstanding: dict[int, tuple[socket.socket, asyncio.TimerHandle, float, float, Phase, int]] = {}
+        self.buffers: dict[int, bytes] = {}  # TCP: reply bytes read so far
         self.stopping = False
         self.done = asyncio.Event()
         self.max_lag = 0.0
@@ -170,15 +174,21 @@ class Load:
         msg = qid.to_bytes(2, "big") + wire[2:]
         t0 = time.time()
         ph.second(t_sched)[0] += 1
+        tcp = self.args.tcp
         try:
-            sock = socket.socket(self.family, socket.SOCK_DGRAM)
+            sock = socket.socket(self.family, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         except OSError:
             self.record(ph, t0, i, "error", None, t_sched=t_sched)
             return
         try:
             sock.setblocking(False)
-            sock.connect(self.dest)  # a new ephemeral source port; ICMP errors come back as ECONNREFUSED
-            sock.send(msg)
+            if tcp:
+                err = sock.connect_ex(self.dest)  # a new connection (and source port) per query
+                if err not in (0, errno.EINPROGRESS):
+                    raise OSError(err, os.strerror(err))
+            else:
+                sock.connect(self.dest)  # a new ephemeral source port; ICMP errors come back as ECONNREFUSED
+                sock.send(msg)
         except OSError:
             sock.close()
             self.record(ph, t0, i, "error", None, t_sched=t_sched)
@@ -186,7 +196,25 @@ class Load:
         fd = sock.fileno()
         timer = self.loop.call_later(self.args.timeout, self.finish, fd, "timeout", None)
         self.outstanding[fd] = (sock, timer, t0, t_sched, ph, i)
+        if tcp:
+            self.buffers[fd] = b""
+            self.loop.add_writer(fd, self.connected, fd, msg)
         self.loop.add_reader(fd, self.readable, fd, qid, wire[12:])
+
+    def connected(self, fd: int, msg: bytes) -> None:
+        """TCP: the connection is up (or failed): send the framed query."""
+        self.loop.remove_writer(fd)
+        entry = self.outstanding.get(fd)
+        if entry is None:
+            return
+        sock = entry[0]
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            sock.send(len(msg).to_bytes(2, "big") + msg)  # a few dozen bytes: fits an empty send buffer
+        except OSError:
+            self.finish(fd, "error", time.time())
 
     def readable(self, fd: int, qid: int, question: bytes) -> None:
         entry = self.outstanding.get(fd)
@@ -195,12 +223,20 @@ class Load:
         sock = entry[0]
         while True:
             try:
-                data = sock.recv(4096)
+                data = sock.recv(65535)
             except BlockingIOError:
                 return
             except OSError:
                 self.finish(fd, "error", time.time())
                 return
+            if self.args.tcp:
+                if not data:
+                    self.finish(fd, "error", time.time())  # closed before the whole reply came
+                    return
+                buf = self.buffers[fd] = self.buffers.get(fd, b"") + data
+                if len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
+                    continue
+                data = buf[2:2 + int.from_bytes(buf[:2], "big")]
             # Our ID, a reply, one question equal to ours (names compared case-insensitively).
             if (len(data) >= 12 and int.from_bytes(data[:2], "big") == qid and data[2] & 0x80
                     and data[4:6] == b"\x00\x01" and data[12:12 + len(question)].lower() == question.lower()):
@@ -217,6 +253,8 @@ class Load:
         sock, timer, t0, t_sched, ph, i = entry
         timer.cancel()
         self.loop.remove_reader(fd)
+        self.loop.remove_writer(fd)
+        self.buffers.pop(fd, None)
         sock.close()
         ms = None if t_reply is None else (t_reply - t0) * 1000.0
         self.record(ph, t0, i, outcome, ms, nodata, t_sched)
@@ -255,7 +293,7 @@ def summary(args: argparse.Namespace, load: Load, interrupted: bool) -> dict[str
             "per_second": p.per_second,
             "by_pair": p.by_pair,
         })
-    return {"server": args.server, "port": args.port, "rate": args.rate, "timeout": args.timeout,
+    return {"server": args.server, "port": args.port, "tcp": args.tcp, "rate": args.rate, "timeout": args.timeout,
             "max_outstanding": args.max_outstanding, "pairs": [[n, t] for n, t, _ in load.pairs],
             "max_send_lag_ms": round(load.max_lag * 1000, 1), "interrupted": interrupted, "phases": phases}
 
@@ -290,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--server", required=True, help="the resolver's IP (a pod's nameserver)")
     ap.add_argument("--port", type=int, default=53)
+    ap.add_argument("--tcp", action="store_true", help="each query over a new TCP connection (default: UDP)")
     ap.add_argument("--rate", type=float, default=200.0, help="queries per second (default 200)")
     ap.add_argument("--timeout", type=float, default=2.0,
                     help="seconds a query waits for its reply (default 2; glibc: 5 s per try, `options timeout`)")

@@ -225,8 +225,13 @@ class Agent:
             pending = set(self.tcp.tasks)
             for p in self.udp_protocols:
                 pending |= p.tasks
+            drained = loop.time() + drain_timeout
             if pending:
                 await asyncio.wait(pending, timeout=drain_timeout)
+            # TCP clients just accepted (their query on its way) or in mid-query are answered before their
+            # connection closes: after a handover every new connection goes to the successor.
+            while self.tcp.busy() and loop.time() < drained:
+                await asyncio.sleep(0.02)
             for t in self.udp_transports:
                 t.close()
             for so in self._send_only:
@@ -264,7 +269,9 @@ class Agent:
                     await self._in_setup(self.netsetup.teardown)
             if self._setup_pool is not None:
                 self._setup_pool.shutdown(wait=False, cancel_futures=True)
-            log.info("stopped")
+            q = self.meters.server
+            udp, tcp = q.queries["udp"] + q.queries6["udp"], q.queries["tcp"] + q.queries6["tcp"]
+            log.info("stopped; this process received %d queries (udp %d, tcp %d)", udp + tcp, udp, tcp)
 
     # -- start-up steps ----------------------------------------------------------------------------------
 

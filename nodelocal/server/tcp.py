@@ -35,6 +35,8 @@ class TCPConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.queries = server.stats.queries
         self.peer = "?"
+        self.opened = time.monotonic()
+        self.asked = 0  # queries read on this connection
         self.denied = False  # outside the allowed ranges (acl.action refuse): every query gets REFUSED
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,6 +75,7 @@ class TCPConnection(asyncio.Protocol):
             self._refuse_all()
             return
         for msg in pop_frames(self.buf):
+            self.asked += 1
             self.queries["tcp"] += 1
             if self.server.live is not None:
                 self.server.live.record(msg, self.peer, 1, None)
@@ -83,6 +86,7 @@ class TCPConnection(asyncio.Protocol):
         """A client outside the allowed ranges: REFUSED to each query, no lookup, nothing forwarded."""
         stats = self.server.stats
         for msg in pop_frames(self.buf):
+            self.asked += 1
             self.queries["tcp"] += 1
             stats.limited[("acl", "refused")] += 1
             reply = reply_for(msg, REFUSED)
@@ -148,6 +152,11 @@ class TCPConnection(asyncio.Protocol):
         if self.inflight == 0:
             self._arm_idle()
 
+    def busy(self, now: float, grace: float) -> bool:
+        """Has queries in flight or waiting, a query half read, or was opened less than `grace` seconds ago
+        and has not asked yet (its query is on the way): closing it now would cut a client off."""
+        return bool(self.inflight or self.waiting or self.buf or (not self.asked and now - self.opened < grace))
+
     def _arm_idle(self) -> None:
         if self.idle is not None:
             self.idle.cancel()
@@ -175,6 +184,11 @@ class TCPServer:
 
     def protocol(self) -> TCPConnection:
         return TCPConnection(self)
+
+    def busy(self, grace: float = 1.0) -> bool:
+        """A connection would be cut off by closing now (TCPConnection.busy)."""
+        now = time.monotonic()
+        return any(c.busy(now, grace) for c in self.connections)
 
     def close_all(self) -> None:
         for c in list(self.connections):

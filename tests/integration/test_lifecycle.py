@@ -71,7 +71,7 @@ class Kubelet:
     """
 
     def __init__(self, docs: list[dict[str, Any]], lab: Lab, root: Path, name: str = "nodelocal",
-                 container_name: str = "nodelocal", bind_mounts: bool = False) -> None:
+                 container_name: str = "nodelocal", bind_mounts: bool = False, host_dirs: Path | None = None) -> None:
         self.ds = find(docs, "DaemonSet", name)
         self.pod = self.ds["spec"]["template"]["spec"]
         self.c = container(self.ds, container_name)
@@ -80,6 +80,16 @@ class Kubelet:
         self.mounts: dict[str, Path] = {}
         configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
         for v in self.pod["volumes"]:
+            host = v.get("hostPath", {})
+            if host.get("type") == "DirectoryOrCreate":
+                # A host directory (/run/nodelocal: the handover socket): the test's own, shared by every
+                # pod this test plays on the node (`host_dirs`), never the machine's.
+                local = (host_dirs or root) / v["name"]
+                local.mkdir(parents=True, exist_ok=True)
+                for m in self.c["volumeMounts"]:
+                    if m["name"] == v["name"]:
+                        self.mounts[m["mountPath"]] = local
+                continue
             if "configMap" not in v:
                 continue  # hostPath /run/xtables.lock: the lab's node shares the host's file system
             vol = ConfigMapVolume(root / v["name"])
@@ -279,6 +289,44 @@ def test_daemonset_lifecycle_played_by_kubelet(lab: Lab, tmp_path: Path) -> None
         assert lab.dig("pod-a", KUBE_DNS, WEB) == [WEB_A]  # CoreDNS through kube-proxy's DNAT again
     finally:
         kubelet.cleanup()
+
+
+def test_rolling_update_played_by_kubelet(lab: Lab, tmp_path: Path) -> None:
+    """maxSurge 1 as kubelet plays it on one node: the new pod starts beside the old one, takes over its
+    sockets and cache through the shared host directory, becomes ready; the old one lingers until its
+    SIGTERM and exits without teardown. Pods query all along; none fails, and CoreDNS is not asked again."""
+    docs = kustomize(KUSTOMIZE_ROOT / "overlays" / "iptables")
+    host = tmp_path / "host"
+    old = Kubelet(docs, lab, tmp_path / "old", host_dirs=host)
+    new = Kubelet(docs, lab, tmp_path / "new", host_dirs=host)
+    old.start()
+    try:
+        assert wait_until(lambda: not old.alive() or old.started(), 15, 0.2), old.logs()
+        assert lab.dig("pod-a", KUBE_DNS, WEB) == [WEB_A]
+        with Queries(lab) as q:
+            time.sleep(1)
+            new.start()
+            assert wait_until(lambda: not new.alive() or new.started(), 15, 0.2), new.logs()
+            assert wait_until(lambda: "lingering until SIGTERM" in old.logs(), 10), old.logs()
+            assert old.alive()  # handed over, holding nothing, waiting for its pod to be deleted
+            time.sleep(1)
+            took = old.stop()
+            time.sleep(1)
+        assert q.asked >= 10 and q.failures == [], f"{len(q.failures)} of {q.asked} failed: {q.failures[:5]}"
+        assert took < 2, f"the old pod took {took:.1f}s to go after SIGTERM"
+        assert "left to the successor" in old.logs() and "rules removed" not in old.logs()
+        assert "taking 6 socket(s)" in new.logs(), new.logs()  # UDP and TCP on two IPs, metrics, health
+        assert "nodelocaldns" in lab.out("node", "ip", "link") and "NODELOCAL" in lab.out("node", "iptables-nft-save")
+        # The cache came along: the new agent (its /metrics now) answered every query without a miss.
+        assert lab.metric("coredns_cache_misses_total") == 0 and lab.metric("coredns_cache_hits_total") > 0
+        assert new.probe("readinessProbe") == 200 and new.probe("livenessProbe") == 200
+        print(f"{q.asked} queries across the rolling update, none failed")
+        new.stop()
+        assert "rules removed" in new.logs()  # no successor this time: an uninstall tears down
+        assert "nodelocaldns" not in lab.out("node", "ip", "link")
+    finally:
+        old.cleanup()
+        new.cleanup()
 
 
 # node-local-dns as its add-on installs it in iptables mode (cluster/addons/dns/nodelocaldns, after the

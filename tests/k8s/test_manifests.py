@@ -81,8 +81,20 @@ def problems(docs: list[dict[str, Any]], link_local: str = LINK_LOCAL) -> list[s
     mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
     if "/run/xtables.lock" not in mounts:
         out.append("/run/xtables.lock not mounted (iptables backends share kube-proxy's lock)")
-    if ds["spec"].get("updateStrategy", {}).get("type") != "RollingUpdate":
+    strategy = ds["spec"].get("updateStrategy", {})
+    if strategy.get("type") != "RollingUpdate":
         out.append("no rolling update")
+    elif strategy.get("rollingUpdate") != {"maxSurge": 1, "maxUnavailable": 0}:
+        out.append(f"a rolling update that does not start the new pod first (maxSurge 1, maxUnavailable 0): "
+                   f"{strategy.get('rollingUpdate')}")
+    if any("hostPort" in p or pod.get("hostNetwork") for p in c.get("ports", [])):
+        out.append("container ports on the host network are hostPorts: the surge pod could not be scheduled")
+    run = next((v for v in pod.get("volumes", []) if v.get("hostPath", {}).get("path") == "/run/nodelocal"), None)
+    if run is None or not any(m["name"] == run["name"] and m["mountPath"] == "/run/nodelocal"
+                              for m in c.get("volumeMounts", [])):
+        out.append("/run/nodelocal (the handover socket) is not mounted from the host")
+    if "--handover-linger" not in c.get("args", []):
+        out.append("no --handover-linger: the old container would exit after a handover and be restarted")
     if pod.get("terminationGracePeriodSeconds", 30) < 10:
         out.append("termination grace period shorter than drain (5 s) + teardown")
     ann = ds["spec"]["template"]["metadata"].get("annotations", {})
@@ -138,6 +150,11 @@ def test_overlay_keeps_what_the_agent_needs(rendered: dict[str, list[dict[str, A
         (lambda pod, c, docs: c.pop("livenessProbe"), "livenessProbe"),
         (lambda pod, c, docs: c.pop("readinessProbe"), "readinessProbe"),
         (lambda pod, c, docs: docs.remove(find(docs, "Service", "kube-dns-upstream")), "kube-dns-upstream"),
+        (lambda pod, c, docs: docs[[d["kind"] for d in docs].index("DaemonSet")]["spec"]["updateStrategy"]
+         ["rollingUpdate"].update(maxSurge=0, maxUnavailable=1), "maxSurge"),
+        (lambda pod, c, docs: c.setdefault("ports", []).append({"containerPort": 53}), "hostPort"),
+        (lambda pod, c, docs: pod["volumes"].pop(), "/run/nodelocal"),
+        (lambda pod, c, docs: c["args"].remove("--handover-linger"), "--handover-linger"),
     ],
 )
 def test_the_check_catches_a_lost_essential(rendered: dict[str, list[dict[str, Any]]], damage: Any,
