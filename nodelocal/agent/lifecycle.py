@@ -409,7 +409,7 @@ class Agent:
         for ip in cfg.listen.localip:
             addr = (ipaddress.ip_address(ip).compressed, cfg.listen.port)
             want += [("udp", addr), ("tcp", addr)]
-        for addr in {cfg.metrics_address(), cfg.health_address()}:
+        for addr in {*cfg.metrics_addresses(), cfg.health_address()}:
             want.append(("http", (ipaddress.ip_address(addr[0]).compressed, addr[1])))
         return await handover.inherit(cfg.handover, want, cfg.handover.cache, self.now)
 
