@@ -162,6 +162,20 @@ def _dname_substitute(buf: bytes, name: bytes, owners: list[bytes], answers: lis
     return None
 
 
+def validate(buf: bytes, sc: wire.Scan) -> None:
+    """Raise WireError unless every record of the upstream reply `buf` would parse in a client (dnspython,
+    the oracle): what is cached or relayed is then well-formed, whatever an upstream or a forger sent.
+
+    wire.check_records checks the common types itself; a reply with any other type or class (DNSSEC
+    records, SVCB/HTTPS, CAA, ...) is parsed whole by dnspython, slower but rarer.
+    """
+    if not wire.check_records(buf, sc):
+        try:
+            dns.message.from_wire(buf)
+        except Exception as e:  # dnspython raises a dozen kinds (FormError, BadPointer, UnknownTSIGKey, ...)
+            raise WireError(f"malformed record: {type(e).__name__}") from None
+
+
 def without_trailing_opt(buf: bytes, sc: wire.Scan) -> tuple[bytes, wire.Scan]:
     """A message whose OPT record, if any, is the last record (so cutting it moves no other offset).
 
@@ -169,7 +183,10 @@ def without_trailing_opt(buf: bytes, sc: wire.Scan) -> tuple[bytes, wire.Scan]:
     """
     if sc.opt is None or sc.opt.end == len(buf):
         return buf, sc
-    rendered = dns.message.from_wire(buf).to_wire()
+    try:
+        rendered = dns.message.from_wire(buf).to_wire()
+    except Exception as e:  # an OPT with options dnspython refuses: not an answer to keep
+        raise WireError(f"malformed message: {type(e).__name__}") from None
     return rendered, wire.scan(rendered)
 
 

@@ -211,6 +211,106 @@ def scan(buf: bytes) -> Scan:
     return Scan(qid, f1 << 8 | f2, qd, qend, tuple(records), opt)
 
 
+MAX_POINTER_CHAIN = 16  # compression pointers followed in one name (dnspython's limit; real names use one)
+
+
+def check_name(buf: bytes, off: int, end: int, compressed: bool = True) -> int:
+    """Check the (possibly compressed) name at `off`, which must end by `end`; return the offset just past it.
+
+    The rules are those a client's parser (dnspython, the oracle) applies: labels of type 00 or 11 only;
+    each pointer points before the name and before the previous target (RFC 1035 §4.1.4, "a prior
+    occurrence"; no loops) and at most MAX_POINTER_CHAIN of them; a target's labels end before the place
+    that pointed to it; the whole name fits 255 octets (RFC 1035 §2.3.4). A pointer into the header is
+    refused too: a cached answer is sent under another header (the client's ID), and its name would change.
+    `compressed=False`: no pointer at all (a DNAME's target, RFC 6672 §2.5).
+    """
+    limit = end  # where the labels being read must end
+    chunk = off  # where they start
+    after = -1  # just past the first pointer: where the name ends in place
+    hops = 0
+    total = 0
+    while True:
+        if off >= limit:
+            raise WireError("name runs past its end")
+        ln = buf[off]
+        if ln == 0:
+            return off + 1 if after < 0 else after
+        if ln < 0x40:
+            total += ln + 1
+            if total > 254:
+                raise WireError("name longer than 255 octets")
+            off += 1 + ln
+            continue
+        if ln < 0xC0:
+            raise WireError(f"unsupported label type 0x{ln:02x}")
+        if off + 2 > limit:
+            raise WireError("truncated compression pointer")
+        if not compressed:
+            raise WireError("compression pointer where names must not be compressed")
+        ptr = (ln & 0x3F) << 8 | buf[off + 1]
+        if ptr >= chunk or ptr < HEADER_LEN:
+            raise WireError("compression pointer does not point back into the message's names")
+        hops += 1
+        if hops > MAX_POINTER_CHAIN:
+            raise WireError("compression pointer chain too long")
+        if after < 0:
+            after = off + 2
+        limit = chunk
+        off = chunk = ptr
+
+
+TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_PTR, TYPE_MX, TYPE_TXT = 1, 2, 5, 12, 15, 16
+TYPE_AAAA, TYPE_SRV, TYPE_DNAME = 28, 33, 39
+_NAME_RDATA = {TYPE_NS: 0, TYPE_CNAME: 0, TYPE_PTR: 0, TYPE_DNAME: 0, TYPE_MX: 2, TYPE_SRV: 6}  # fixed bytes before it
+_FIXED_RDATA = {TYPE_A: 4, TYPE_AAAA: 16}
+
+
+def check_records(buf: bytes, sc: Scan) -> bool:
+    """Check every record's owner name and, for the common types of class IN, its rdata (RFC 1035 §3.3,
+    RFC 3596, RFC 2782, RFC 6672), as a client's parser would; raise WireError for the first that fails.
+
+    False when a record is of a type or class not checked here (the caller has a full parser check those);
+    True when the whole message was checked. The OPT record is not: it never reaches a client (the cache
+    puts its own).
+    """
+    if sc.flags & (OPCODE_MASK << 8):
+        raise WireError("a reply to a standard query with another opcode")
+    if sc.qdcount != 1 or question_end(buf) != sc.qend:
+        raise WireError("a reply carries its query's one question, uncompressed")
+    whole = True
+    n = len(buf)
+    for r in sc.records:
+        off = r.offset
+        # The usual owner, a pointer to the question's name, needs no walk: the question was checked.
+        if buf[off] != 0xC0 or buf[off + 1] != HEADER_LEN:
+            check_name(buf, off, n)
+        rd, end = r.rdata_offset, r.end
+        if buf[rd - 8] != 0 or buf[rd - 7] != 1:  # class IN (RFC 1035 §3.2.4), in the RR's fixed part
+            whole = False
+            continue
+        t = r.rtype
+        fixed = _NAME_RDATA.get(t)
+        if fixed is not None:
+            if r.rdlen <= fixed or check_name(buf, rd + fixed, end, t != TYPE_DNAME) != end:
+                raise WireError(f"type {t} rdata is not its fields and one name")
+        elif t in _FIXED_RDATA:
+            if r.rdlen != _FIXED_RDATA[t]:
+                raise WireError(f"type {t} rdata of {r.rdlen} octets")
+        elif t == TYPE_SOA:
+            if check_name(buf, check_name(buf, rd, end), end) + 20 != end:
+                raise WireError("SOA rdata is not two names and five numbers")
+        elif t == TYPE_TXT:
+            if not r.rdlen:
+                raise WireError("TXT rdata without a string")
+            while rd < end:
+                rd += 1 + buf[rd]
+            if rd != end:
+                raise WireError("TXT strings do not fill the rdata")
+        else:
+            whole = False
+    return whole
+
+
 def soa_minimum(buf: bytes, rr: Record) -> int:
     """The MINIMUM field of an SOA record: the last 32 bits of its rdata (RFC 1035 §3.3.13)."""
     if rr.rdlen < 22:

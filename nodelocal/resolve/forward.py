@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from nodelocal import UpstreamError, UpstreamTimeout, WireError
+from nodelocal.cache.policy import validate
 from nodelocal.config import Address, UpstreamGroup, format_hostport
 from nodelocal.dns import wire
 from nodelocal.observe.ratelog import RateLimitedLog
@@ -98,7 +99,9 @@ class Server:
                 log.debug("upstream %s: %s; sending the query again on a new connection", self.label, e)
                 self.stats.retransmit(self.label, "tcp")
                 reply = await self.tcp.exchange(query, question_lc, left, since=e.at)
-        return reply, wire.scan(reply)
+        sc = wire.scan(reply)
+        validate(reply, sc)  # malformed records never reach the cache or a client (WireError: a failed try)
+        return reply, sc
 
     # ---- health ------------------------------------------------------------------------------------
 

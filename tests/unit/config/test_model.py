@@ -370,3 +370,59 @@ def test_metrics_without_a_host_are_served_on_the_node_address_and_loopback(monk
         load(None, {"metrics_addr": ":http"}, env={}, resolv_conf="/nonexistent")
     # Without the variable: the source address of the default route, never every interface.
     assert node_address({}) != "0.0.0.0"
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile config: any value anywhere gives a Config or a ConfigError naming the field, nothing else.
+
+SHIPPED = yaml.safe_load((Path(__file__).parents[3] / "config" / "nodelocal.yaml").read_text())
+yaml_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12),
+              st.sampled_from(["", "0", "-1", "1e9", "nan", "udp", "tcp", "10.0.0.1:53", "[::1]:53", "."])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+def _paths(tree: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_value_at_any_path_gives_a_config_or_a_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                               data: st.DataObject) -> None:
+    import copy
+    tree = copy.deepcopy(SHIPPED)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(tree)[1:]))
+        node = tree
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = data.draw(yaml_values)
+    f = tmp_path_factory.mktemp("cfg") / "nodelocal.yaml"
+    f.write_text(yaml.safe_dump(tree))
+    try:
+        load(str(f), env={}, resolv_conf="/nonexistent")
+    except ConfigError as e:
+        assert e.path  # the error names the field
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+@example("upstreams: [")
+@example("listen: {port: 1e999}")
+def test_any_config_text_gives_a_config_or_a_config_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    f = tmp_path_factory.mktemp("cfg") / "nodelocal.yaml"
+    f.write_text(text)
+    try:
+        load(str(f), env={}, resolv_conf="/nonexistent")
+    except ConfigError:
+        pass
