@@ -516,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream-share", type=int, default=20, help="percent that are upstream replies (default 20)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the agent is stopped below
     run = Run(args)
     try:
         report = run.main()

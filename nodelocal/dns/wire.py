@@ -214,7 +214,7 @@ def scan(buf: bytes) -> Scan:
 MAX_POINTER_CHAIN = 16  # compression pointers followed in one name (dnspython's limit; real names use one)
 
 
-def check_name(buf: bytes, off: int, end: int, compressed: bool = True) -> int:
+def check_name(buf: bytes, off: int, end: int, compressed: bool = True, rewritten: frozenset[int] = frozenset()) -> int:
     """Check the (possibly compressed) name at `off`, which must end by `end`; return the offset just past it.
 
     The rules are those a client's parser (dnspython, the oracle) applies: labels of type 00 or 11 only;
@@ -222,7 +222,9 @@ def check_name(buf: bytes, off: int, end: int, compressed: bool = True) -> int:
     occurrence"; no loops) and at most MAX_POINTER_CHAIN of them; a target's labels end before the place
     that pointed to it; the whole name fits 255 octets (RFC 1035 §2.3.4). A pointer into the header is
     refused too: a cached answer is sent under another header (the client's ID), and its name would change.
-    `compressed=False`: no pointer at all (a DNAME's target, RFC 6672 §2.5).
+    `compressed=False`: no pointer at all (a DNAME's target, RFC 6672 §2.5). `rewritten`: offsets of bytes
+    the cache rewrites (TTLs): a pointer that makes one of them a length octet would make the name change
+    as the TTL counts down.
     """
     limit = end  # where the labels being read must end
     chunk = off  # where they start
@@ -232,6 +234,8 @@ def check_name(buf: bytes, off: int, end: int, compressed: bool = True) -> int:
     while True:
         if off >= limit:
             raise WireError("name runs past its end")
+        if after >= 0 and off in rewritten:
+            raise WireError("compression pointer into a TTL")
         ln = buf[off]
         if ln == 0:
             return off + 1 if after < 0 else after
@@ -279,11 +283,12 @@ def check_records(buf: bytes, sc: Scan) -> bool:
         raise WireError("a reply carries its query's one question, uncompressed")
     whole = True
     n = len(buf)
+    ttls = frozenset(r.ttl_offset + i for r in sc.records for i in range(4))
     for r in sc.records:
         off = r.offset
         # The usual owner, a pointer to the question's name, needs no walk: the question was checked.
         if buf[off] != 0xC0 or buf[off + 1] != HEADER_LEN:
-            check_name(buf, off, n)
+            check_name(buf, off, n, True, ttls)
         rd, end = r.rdata_offset, r.end
         if buf[rd - 8] != 0 or buf[rd - 7] != 1:  # class IN (RFC 1035 §3.2.4), in the RR's fixed part
             whole = False
@@ -291,13 +296,13 @@ def check_records(buf: bytes, sc: Scan) -> bool:
         t = r.rtype
         fixed = _NAME_RDATA.get(t)
         if fixed is not None:
-            if r.rdlen <= fixed or check_name(buf, rd + fixed, end, t != TYPE_DNAME) != end:
+            if r.rdlen <= fixed or check_name(buf, rd + fixed, end, t != TYPE_DNAME, ttls) != end:
                 raise WireError(f"type {t} rdata is not its fields and one name")
         elif t in _FIXED_RDATA:
             if r.rdlen != _FIXED_RDATA[t]:
                 raise WireError(f"type {t} rdata of {r.rdlen} octets")
         elif t == TYPE_SOA:
-            if check_name(buf, check_name(buf, rd, end), end) + 20 != end:
+            if check_name(buf, check_name(buf, rd, end, True, ttls), end, True, ttls) + 20 != end:
                 raise WireError("SOA rdata is not two names and five numbers")
         elif t == TYPE_TXT:
             if not r.rdlen:

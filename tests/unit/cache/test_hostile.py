@@ -89,12 +89,12 @@ def test_truncated_and_padded_replies_are_refused_or_served_well_formed(resp: tu
         parses(r)
 
 
-def reply_with(rdtype: str, rdata_wire: bytes, owner: bytes = b"\xc0\x0c", rclass: int = 1) -> bytes:
+def reply_with(rdtype: str, rdata_wire: bytes, owner: bytes = b"\xc0\x0c", rclass: int = 1, ttl: int = 60) -> bytes:
     """A NOERROR reply to `www.example.test A` with one answer record written byte by byte."""
     q = dns.message.make_query("www.example.test", rdtype, use_edns=False)
     head = dns.message.make_response(q).to_wire()
     head = head[:6] + b"\x00\x01" + head[8:]  # ANCOUNT 1
-    rr = owner + struct.pack(">HHIH", dns.rdatatype.from_text(rdtype), rclass, 60, len(rdata_wire)) + rdata_wire
+    rr = owner + struct.pack(">HHIH", dns.rdatatype.from_text(rdtype), rclass, ttl, len(rdata_wire)) + rdata_wire
     return head + rr
 
 
@@ -115,6 +115,8 @@ HOSTILE = {
     "TXT without a string": reply_with("TXT", b""),
     "TXT string past the rdata": reply_with("TXT", b"\x05abc"),
     "DNAME with a pointer": reply_with("DNAME", b"\xc0\x0c"),
+    # TTL 256 ends in a zero octet, a root name for a pointer to land on, until the TTL counts down to 255.
+    "pointer into a TTL": reply_with("NS", b"\xc0\x2b", ttl=256),
     "SRV name past the rdata": reply_with("SRV", b"\x00\x01\x00\x02\x00\x35\x03ab"),
     "DS with a short digest": reply_with("DS", b"\x00\x01\x08\x02\x01"),
     "opcode UPDATE in the reply": (lambda r: r[:2] + bytes([r[2] | 0x28]) + r[3:])(
