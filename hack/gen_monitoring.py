@@ -68,6 +68,7 @@ class Row:
 
 
 FAILED = 'outcome!~"NOERROR|NXDOMAIN"'  # upstream tries without a usable answer
+FAILED_RCODES = 'rcode=~"SERVFAIL|REFUSED"'  # answers that tell a client nothing
 HIT = "coredns_cache_hits_total"
 QRY = "coredns_dns_requests_total"
 DUR = "coredns_dns_request_duration_seconds_bucket"
@@ -103,6 +104,15 @@ ROWS = [
               description="family 1 = IPv4, 2 = IPv6 (CoreDNS's labels)."),
         Panel("Responses by rcode", [Target(f"sum by (rcode) ({rate('coredns_dns_responses_total')})", "{{rcode}}")],
               unit="reqps", width=7),
+        Panel("Queries per second by zone", [Target(f"sum by (zone) ({rate(QRY)})", "{{zone}}")],
+              unit="reqps", width=12,
+              description="The zone that took each query (`dropped`: refused, dropped or shed before any zone "
+                          "took it, as CoreDNS labels it)."),
+        Panel("Failures by zone (SERVFAIL, REFUSED)", [Target(
+            f"sum by (zone, rcode) ({rate('coredns_dns_responses_total', FAILED_RCODES)})",
+            "{{zone}} {{rcode}}")], unit="reqps", width=12,
+              description="Which zone's upstreams fail: SERVFAIL after every upstream failed (or as they said), "
+                          "REFUSED from upstreams or client limits (zone `dropped`)."),
     ]),
     Row("Latency", [
         Panel("Request latency (all queries)", [

@@ -81,6 +81,10 @@ class Agent:
         self.now = now
         self.meters = Meters()
         self.store = Store(cfg.cache.max_bytes, now)
+        # The listeners count per zone by the store's zone numbers; a zone a reload adds gets its counters
+        # before the new resolver is swapped in (server/metrics.py).
+        self.meters.server.use_zones(self.store.zone_names)
+        self.store.on_zone = self.meters.server.grow
         self.live = Live(self.meters, self.store, now=now) if cfg.page else None  # the live page's data
         self.guard = loopdetect.LoopGuard(now)  # answers our own loop probes when they come back
         self.guard.on_loop = self._late_loop

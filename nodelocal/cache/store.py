@@ -23,6 +23,8 @@ OPT_PLAIN = wire.opt_record(wire.EDNS_PAYLOAD, False)
 OPT_DO = wire.opt_record(wire.EDNS_PAYLOAD, True)
 
 
+NO_ZONE = "dropped"  # the zone label of queries no zone took (CoreDNS's vars.Dropped)
+
 class Entry:
     """One answer ready to be sent: header tail, records after the question, where their TTLs sit."""
 
@@ -127,10 +129,11 @@ class Entry:
 class Partition:
     """The entries of one (zone, kind) in LRU order, with their own entry cap and stale window."""
 
-    __slots__ = ("bytes", "capacity", "evictions", "hits", "kind", "lru", "stale", "zone")
+    __slots__ = ("bytes", "capacity", "evictions", "hits", "kind", "lru", "stale", "zid", "zone")
 
-    def __init__(self, zone: str, kind: int, capacity: int, stale: float = 0.0) -> None:
+    def __init__(self, zone: str, kind: int, capacity: int, stale: float = 0.0, zid: int = 0) -> None:
         self.zone = zone
+        self.zid = zid  # the zone's number (Store.zone_names): listeners count per zone by it, without a lookup
         self.kind = kind
         self.capacity = capacity
         self.stale = stale  # seconds past expiry an entry is kept to answer when upstreams fail (RFC 8767)
@@ -148,6 +151,11 @@ class Store:
         self.now = now
         self.index: dict[bytes, Entry] = {}
         self.partitions: dict[tuple[str, int], Partition] = {}
+        # Zone numbers. 0 is no zone: what the listeners count for a query refused, dropped or shed before
+        # any zone took it (CoreDNS labels those zone="dropped").
+        self.zone_names: list[str] = [NO_ZONE]
+        self.zone_ids: dict[str, int] = {}  # a real zone named "dropped" gets a number of its own
+        self.on_zone: Callable[[], None] | None = None  # the listeners' counters grow a zone (server/metrics.py)
         self.bytes = 0
         self.expired_reclaimed = 0
         # Entries to look at for prefetch, by the time their refresh window opens: (when, seq, entry).
@@ -155,12 +163,23 @@ class Store:
         # so it holds at most what was inserted within the longest TTL.
         self.due: list[tuple[float, int, Entry]] = []
 
+    def zone_id(self, zone: str) -> int:
+        """The zone's number, given on first use and kept for the life of the store (a zone removed by a
+        reload and added again gets its old one); on_zone is told when there is a new one."""
+        zid = self.zone_ids.get(zone)
+        if zid is None:
+            zid = self.zone_ids[zone] = len(self.zone_names)
+            self.zone_names.append(zone)
+            if self.on_zone is not None:
+                self.on_zone()
+        return zid
+
     def partition(self, zone: str, kind: int, capacity: int, stale: float = 0.0) -> Partition:
         """The partition for (zone, kind), created on first use; its cap and stale window follow the latest
         config."""
         part = self.partitions.get((zone, kind))
         if part is None:
-            part = self.partitions[(zone, kind)] = Partition(zone, kind, capacity, stale)
+            part = self.partitions[(zone, kind)] = Partition(zone, kind, capacity, stale, self.zone_id(zone))
         part.capacity = capacity
         part.stale = stale
         return part

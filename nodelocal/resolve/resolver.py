@@ -112,6 +112,16 @@ class Resolver:
         self.loop = LoopRef()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def zone_of(self, query: bytes) -> int:
+        """The number (Partition.zid) of the zone `query` routes to, for the listeners' counters; 0 (no zone)
+        when it has no readable question. One route per call: slow paths only."""
+        try:
+            qend = wire.question_end(query)
+        except WireError:
+            return 0
+        name = query[wire.HEADER_LEN : qend - 4].lower()
+        return self.router.match(labels_of_wire(name)).parts[0].zid
+
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
         """The reply to one client query, or None when it must be dropped. The listener that called
         counts the outcome and times it (server/metrics.py)."""

@@ -13,7 +13,7 @@ from nodelocal.dns.wire import REFUSED, frame, pop_frames
 from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.clients import Clients, reply_for
-from nodelocal.server.metrics import ServerStats
+from nodelocal.server.metrics import NO_ZONE_ID, SERVER_LABEL, ListenerStats, ServerStats, server_label
 
 if TYPE_CHECKING:
     from nodelocal.observe.live import Live
@@ -33,7 +33,7 @@ class TCPConnection(asyncio.Protocol):
         self.inflight = 0
         self.paused = False
         self.idle: asyncio.TimerHandle | None = None
-        self.queries = server.stats.queries
+        self.counters: ListenerStats  # the listener's, once connection_made knows the socket's name
         self.peer = "?"
         self.opened = time.monotonic()
         self.asked = 0  # queries read on this connection
@@ -45,8 +45,10 @@ class TCPConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0])
-            if len(peer) == 4:  # an IPv6 socket address: (host, port, flowinfo, scope_id)
-                self.queries = srv.stats.queries6
+        # CoreDNS's server label: the address the listener is bound to (one lookup per connection).
+        sockname = transport.get_extra_info("sockname")
+        family = "2" if sockname and len(sockname) == 4 else "1"  # IPv6: (host, port, flowinfo, scope_id)
+        self.counters = srv.stats.listener(server_label(sockname) if sockname else SERVER_LABEL, "tcp", family)
         verdicts = srv.clients.verdicts if srv.clients is not None else None
         if verdicts is not None and not verdicts.everyone and not verdicts[self.peer]:
             if srv.clients is not None and srv.clients.drop:
@@ -76,7 +78,6 @@ class TCPConnection(asyncio.Protocol):
             return
         for msg in pop_frames(self.buf):
             self.asked += 1
-            self.queries["tcp"] += 1
             if self.server.live is not None:
                 self.server.live.record(msg, self.peer, 1, None)
             self.waiting.append(msg)
@@ -87,11 +88,11 @@ class TCPConnection(asyncio.Protocol):
         stats = self.server.stats
         for msg in pop_frames(self.buf):
             self.asked += 1
-            self.queries["tcp"] += 1
+            self.counters.requests[NO_ZONE_ID] += 1  # refused before any zone took it (zone="dropped")
             stats.limited[("acl", "refused")] += 1
             reply = reply_for(msg, REFUSED)
             if reply is not None and self.transport is not None and not self.transport.is_closing():
-                stats.rcodes[REFUSED] += 1
+                self.counters.rcodes[NO_ZONE_ID][REFUSED] += 1
                 self.transport.write(frame(reply))
 
     def _start_waiting(self) -> None:
@@ -105,9 +106,10 @@ class TCPConnection(asyncio.Protocol):
             if clients is not None and not clients.take(self.peer):
                 # The client's cap on queries in flight (over UDP and TCP together): REFUSED at once.
                 srv.stats.limited[("pending", "refused")] += 1
+                self.counters.requests[NO_ZONE_ID] += 1
                 reply = reply_for(msg, REFUSED)
                 if reply is not None and self.transport is not None and not self.transport.is_closing():
-                    srv.stats.rcodes[REFUSED] += 1
+                    self.counters.rcodes[NO_ZONE_ID][REFUSED] += 1
                     self.transport.write(frame(reply))
                 continue
             self.inflight += 1
@@ -131,14 +133,17 @@ class TCPConnection(asyncio.Protocol):
     async def _answer(self, msg: bytes) -> None:
         stats = self.server.stats
         t0 = time.monotonic()
+        resolver = self.server.resolver
         try:
-            reply = await self.server.resolver.answer(msg, tcp=True)
+            reply = await resolver.answer(msg, tcp=True)
         except Exception:
             errors.exception("query-failed", "tcp query failed")
             reply = None
+            self.counters.requests[NO_ZONE_ID] += 1
         else:
-            stats.count_reply(reply)
-            stats.request_duration.observe(time.monotonic() - t0)  # coredns_dns_request_duration_seconds
+            zid = resolver.zone_of(msg) if reply is not None else NO_ZONE_ID
+            # coredns_dns_requests_total, _responses_total and _request_duration_seconds
+            stats.count_reply(self.counters, zid, reply, time.monotonic() - t0)
         finally:
             if self.server.clients is not None:
                 self.server.clients.release(self.peer)

@@ -17,7 +17,7 @@ from nodelocal.dns.wire import REFUSED, SUFFIXES
 from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve.resolver import Resolver
 from nodelocal.server.clients import PASS, SLIP, Clients, Verdicts, reply_for
-from nodelocal.server.metrics import ServerStats
+from nodelocal.server.metrics import NO_ZONE_ID, SERVER_LABEL, ListenerStats, ServerStats, server_label
 
 if TYPE_CHECKING:
     from nodelocal.observe.live import Live
@@ -39,8 +39,14 @@ class UDPServer(asyncio.DatagramProtocol):
         self.resolver = resolver
         self.index = store.index
         self.stats = stats
-        self.queries = stats.queries6 if ipv6 else stats.queries
-        self.rcodes = stats.rcodes
+        # Counted per zone number (server/metrics.py); the zones are numbered by the store, and the store
+        # tells the counters when it numbers a new one (a reload), before any query can reach it.
+        stats.use_zones(store.zone_names)
+        store.on_zone = stats.grow
+        self.family = "2" if ipv6 else "1"
+        self.counters: ListenerStats  # bound by connection_made, once the socket's name is known
+        self.requests: list[int]
+        self.zrcodes: list[list[int]]
         self.max_udp = max_udp
         self.now = now
         self.client_timeout = client_timeout
@@ -66,8 +72,17 @@ class UDPServer(asyncio.DatagramProtocol):
         if live is not None:
             live.register(self)
 
+    def bind_counters(self, server: str) -> None:
+        """Count into the listener `server`'s counters: the hot path holds its lists, no lookup per query."""
+        self.counters = self.stats.listener(server, "udp", self.family)
+        self.requests = self.counters.requests  # by zone number
+        self.zrcodes = self.counters.rcodes  # by zone number, by rcode
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport is not a subclass
+        sockname = transport.get_extra_info("sockname") if hasattr(transport, "get_extra_info") else None
+        # CoreDNS's server label: the address the listener is bound to
+        self.bind_counters(server_label(sockname) if sockname else SERVER_LABEL)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # HOT PATH, written for speed: every Python step here shows in hack/bench.sh's CPU per query.
@@ -76,7 +91,6 @@ class UDPServer(asyncio.DatagramProtocol):
         if not self.countdown:  # one datagram in live.every is handled the sampled way (observe/live.py)
             self._sampled(data, addr)
             return
-        self.queries["udp"] += 1
         # Access control before anything else: a client outside the allowed ranges learns nothing from the
         # cache and costs no upstream query. One dict lookup (the verdict is computed once per address).
         allowed = self.allowed
@@ -101,7 +115,9 @@ class UDPServer(asyncio.DatagramProtocol):
                 me.hits += 1
                 mpart.hits += 1
                 mpart.lru.move_to_end(me.key)
-                self.rcodes[me.rcode] += 1
+                zid = mpart.zid
+                self.requests[zid] += 1
+                self.zrcodes[zid][me.rcode] += 1
                 self.transport.sendto(data[:2] + m[2], addr)  # type: ignore[union-attr]
                 return
         n = len(data)
@@ -149,7 +165,9 @@ class UDPServer(asyncio.DatagramProtocol):
                     part = e.part  # never None while the entry is in the index
                     part.hits += 1  # type: ignore[union-attr]
                     part.lru.move_to_end(key)  # type: ignore[union-attr]
-                    self.rcodes[e.rcode] += 1
+                    zid = part.zid  # type: ignore[union-attr]
+                    self.requests[zid] += 1
+                    self.zrcodes[zid][e.rcode] += 1
                     out = e.render(data, qend, limit, edns, now)
                     memo = self.memo
                     if len(memo) >= MEMO_MAX:
@@ -173,10 +191,15 @@ class UDPServer(asyncio.DatagramProtocol):
         self.datagram_received(data, addr)
         seconds = time.perf_counter() - t0
         # No task was started: it was a hit, answered inline (misses are timed by the resolver).
-        live.record(data, addr[0], every, seconds if len(self.tasks) == pending else None)
+        hit = len(self.tasks) == pending
+        live.record(data, addr[0], every, seconds if hit else None)
+        m = self.memo.get(data[2:]) if hit else None
+        if m is not None and m[0].part is not None:  # the hit's zone: the entry the memo answered from
+            self.counters.durations[m[0].part.zid].observe(seconds, every)
 
     def _deny(self, data: bytes, addr: Any) -> None:
         """A client outside the allowed ranges: REFUSED, or nothing (acl.action drop); counted either way."""
+        self.requests[NO_ZONE_ID] += 1  # refused before any zone took it (zone="dropped")
         clients = self.clients
         if clients is not None and clients.drop:
             self.limited[("acl", "dropped")] += 1
@@ -184,17 +207,18 @@ class UDPServer(asyncio.DatagramProtocol):
         self.limited[("acl", "refused")] += 1
         reply = reply_for(data, REFUSED)
         if reply is not None:
-            self.rcodes[REFUSED] += 1
+            self.zrcodes[NO_ZONE_ID][REFUSED] += 1
             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
 
     def _rate_limited(self, data: bytes, addr: Any, limited: int) -> None:
         """Over the client's rate (clients.rate): dropped, or every `slip`-th a truncated reply (the client
         retries over TCP, which a forged source address cannot)."""
+        self.requests[NO_ZONE_ID] += 1
         if limited == SLIP:
             reply = reply_for(data, 0, tc=True)
             if reply is not None:
                 self.limited[("rate", "truncated")] += 1
-                self.rcodes[0] += 1
+                self.zrcodes[NO_ZONE_ID][0] += 1
                 self.transport.sendto(reply, addr)  # type: ignore[union-attr]
                 return
         self.limited[("rate", "dropped")] += 1
@@ -205,6 +229,7 @@ class UDPServer(asyncio.DatagramProtocol):
             # Overload: the slow path is full. Drop before any work (no task, no parsing); hits are still
             # answered inline above, and the clients of dropped misses retry.
             self.shed["busy"] += 1
+            self.requests[NO_ZONE_ID] += 1
             return
         clients = self.clients
         exempt = addr[:2] in self.exempt
@@ -212,9 +237,10 @@ class UDPServer(asyncio.DatagramProtocol):
             # This client has clients.max_pending queries on the slow path already: one pod does not take
             # the whole miss budget. REFUSED at once (server/clients.py says why not SERVFAIL).
             self.limited[("pending", "refused")] += 1
+            self.requests[NO_ZONE_ID] += 1
             reply = reply_for(data, REFUSED)
             if reply is not None:
-                self.rcodes[REFUSED] += 1
+                self.zrcodes[NO_ZONE_ID][REFUSED] += 1
                 self.transport.sendto(reply, addr)  # type: ignore[union-attr]
             return
         stats.pending += 1
@@ -237,18 +263,22 @@ class UDPServer(asyncio.DatagramProtocol):
     async def _resolve(self, data: bytes, addr: Any, t0: float) -> None:
         if self.now() - t0 > self.client_timeout:
             self.shed["late"] += 1  # waited in the loop past the client's timeout: no work for nobody
+            self.requests[NO_ZONE_ID] += 1
             return
+        resolver = self.resolver
         try:
-            reply = await self.resolver.answer(data, tcp=False)
+            reply = await resolver.answer(data, tcp=False)
         except Exception:
             errors.exception("query-failed", "query from %s failed", addr)
+            self.requests[NO_ZONE_ID] += 1
             return
+        zid = resolver.zone_of(data) if reply is not None else NO_ZONE_ID
         elapsed = self.now() - t0
         if elapsed > self.client_timeout:
             self.shed["late"] += 1  # the client gave up (and retried): this answer would only add load
+            self.requests[zid] += 1
             return
-        self.stats.count_reply(reply)
-        self.stats.request_duration.observe(elapsed)  # coredns_dns_request_duration_seconds
+        self.stats.count_reply(self.counters, zid, reply, elapsed)  # coredns_dns_request_duration_seconds
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 

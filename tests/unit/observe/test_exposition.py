@@ -45,6 +45,10 @@ def exported_families() -> dict[str, set[str]]:
     """family name -> sample names, from a fresh agent's collectors."""
     meters = Meters()
     store = Store(1 << 20)
+    meters.server.use_zones(store.zone_names)  # as the agent does: one UDP and one TCP listener
+    store.on_zone = meters.server.grow
+    for proto in ("udp", "tcp"):
+        meters.server.listener("dns://169.254.20.10:53", proto, "1")
     Resolver(load(None, {"upstreams": {"cluster": {"servers": ["10.96.0.10"]}}}, env={},
                   resolv_conf="/nonexistent"), store, meters.cache, meters.resolve)
     registry = meters.registry(store)

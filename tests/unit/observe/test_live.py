@@ -133,7 +133,7 @@ def test_every_datagram_counted_once_and_sampled_at_low_rate() -> None:
 
 def test_sampling_adapts_to_the_rate_and_weights_the_samples() -> None:
     rig = Rig(["a.example"], target=10)
-    rig.stats.queries["udp"] = 5000  # as if 5000 queries came in during the last second
+    rig.server.requests[0] += 5000  # as if 5000 queries came in during the last second
     rig.clock.t += 1
     rig.live.tick()
     assert rig.live.every == 500

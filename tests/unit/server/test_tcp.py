@@ -32,6 +32,9 @@ class FakeResolver:
         self.calls: list[str] = []
         self.hold: dict[str, asyncio.Event] = {}
 
+    def zone_of(self, query: bytes) -> int:
+        return 0  # no zones here: counted under zone="dropped"
+
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
         assert tcp is True
         q = dns.message.from_wire(query)

@@ -44,6 +44,9 @@ class RecordingResolver:
     def __init__(self) -> None:
         self.seen: list[bytes] = []
 
+    def zone_of(self, query: bytes) -> int:
+        return 0  # no zones here: counted under zone="dropped"
+
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
         self.seen.append(query)
         return None
@@ -459,6 +462,9 @@ class HeldResolver:
         self.takes = takes
         self.release = asyncio.Event()
         self.seen: list[bytes] = []
+
+    def zone_of(self, query: bytes) -> int:
+        return 0  # no zones here: counted under zone="dropped"
 
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
         self.seen.append(query)
