@@ -21,6 +21,10 @@
 #                                  what pods see while CoreDNS misbehaves (KIND: stop servfail slow loss)
 #   hack/lab.sh faults [OPTIONS]   the four kinds in a row
 #   hack/lab.sh fault on KIND [ARG] | off | reset | status     the fault switches alone
+#   hack/lab.sh flood [--seconds 30] [--rate 1000] [--normal-rate 100] [--json FILE] ...
+#                                  pod-a floods unique random names while pod-b asks the usual ones: pod-b's
+#                                  answered share and p99, the agent's RSS over time; then a query from an
+#                                  address outside the allowed ranges (REFUSED expected) (hack/floodrun.py)
 #
 # Namespaces ($LAB_PREFIX-NAME, default nl-lab-*), everything inside them; nothing touches the host's:
 #   node     the agent (full setup), kube-proxy-like DNAT (iptables nat, as kube-proxy's iptables mode)
@@ -638,6 +642,14 @@ case ${1:-} in
     ;;
   fault) shift; cmd_fault "$@" ;;
   faults) shift; cmd_fault all "$@" ;;
+  flood)
+    shift
+    need_root
+    exists node || die "the lab is not up (hack/lab.sh up)"
+    [ -n "$(agent_pid || true)" ] || die "the agent is not running (hack/lab.sh agent start)"
+    exec "$ROOT/.venv/bin/python" "$ROOT/hack/floodrun.py" --lab "$ROOT/hack/lab.sh" --prefix "$PREFIX" \
+      --state "$STATE" "$@"
+    ;;
   exec)
     shift
     [ $# -ge 2 ] || die "usage: hack/lab.sh exec POD CMD... (POD: ${PODS[*]})"

@@ -22,6 +22,8 @@ with, per phase: offered = sent + dropped; sent = NOERROR + NXDOMAIN + SERVFAIL 
 without answer records); latency percentiles in ms of answered queries and of all replies; per_second
 [[sent, answered], ...]; by_pair {"NAME TYPE": {outcome: count}}. A query belongs to the phase in which
 it was sent. --jsonl FILE adds one line per query: {"t": send time, "phase", "name", "type", "outcome", "ms"}.
+--random-under ZONE asks a new random name under ZONE each time instead of the list (a random-subdomain
+flood: every query a cache miss; by_pair counts them as "*.ZONE TYPE").
 Bounded: at most 3600 s and 5000 q/s; SIGINT/SIGTERM stop sending and still write the report.
 Needs only the standard library and dnspython.
 """
@@ -61,6 +63,7 @@ OUTCOMES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "other", "timeout", "e
 RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
 MAX_SECONDS = 3600.0
 MAX_RATE = 5000.0
+RANDOM_LABEL = 16  # hex digits of a --random-under name's first label
 
 
 @dataclass
@@ -121,10 +124,12 @@ class Load:
         self.family = socket.AF_INET6 if ":" in args.server else socket.AF_INET
         self.dest = (args.server, args.port)
         self.pairs: list[tuple[str, str, bytes]] = []
-        for name in args.names:
+        names = [f"{'r' * RANDOM_LABEL}.{args.random_under}"] if args.random_under else args.names
+        for name in names:
             for rdtype in args.types:
                 q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
-                self.pairs.append((name, rdtype, q.to_wire()))
+                label = f"*.{args.random_under}" if args.random_under else name
+                self.pairs.append((label, rdtype, q.to_wire()))
         self.outstanding: dict[int, tuple[socket.socket, asyncio.TimerHandle, float, float, Phase, int]] = {}
         self.buffers: dict[int, bytes] = {}  # TCP: reply bytes read so far
         self.stopping = False
@@ -170,6 +175,9 @@ class Load:
             ph.dropped += 1
             return
         wire = self.pairs[i % len(self.pairs)][2]
+        if self.args.random_under:  # a fresh first label in place of the template's (after its length byte)
+            label = f"{random.getrandbits(4 * RANDOM_LABEL):0{RANDOM_LABEL}x}".encode()
+            wire = wire[:13] + label + wire[13 + RANDOM_LABEL :]
         qid = random.getrandbits(16)
         msg = qid.to_bytes(2, "big") + wire[2:]
         t0 = time.time()
@@ -338,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-at", type=float, help="wall-clock time (time.time()) the first phase starts")
     ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
     ap.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES))
+    ap.add_argument("--random-under", metavar="ZONE", help="a new random name under ZONE per query (a flood of misses)")
     ap.add_argument("--out", help="write the JSON report here (default: stdout)")
     ap.add_argument("--jsonl", help="also write one JSON line per query here")
     args = ap.parse_args(argv)
