@@ -56,6 +56,7 @@ from nodelocal.observe import page
 from nodelocal.observe.http import HTTPServer
 from nodelocal.observe.live import TICK, Live
 from nodelocal.observe.meters import Meters
+from nodelocal.observe.querylog import QueryLog, QueryLoggingUDP
 from nodelocal.observe.ratelog import RateLimitedLog
 from nodelocal.resolve import loop as loopdetect
 from nodelocal.resolve.probe import wait_ready
@@ -99,6 +100,9 @@ class Agent:
         self.meters.server.client_sizes = self.clients.sizes
         self.tcp = TCPServer(self.resolver, self.meters.server, cfg.listen.tcp_idle_timeout,
                              cfg.listen.tcp_max_connections, cfg.listen.tcp_max_pipelined, self.live, self.clients)
+        # The query log, when on: its own listener class is bound below (the plain one carries no check for it).
+        self.qlog = QueryLog(cfg.log, self.meters.querylog) if cfg.log.queries else None
+        self.tcp.qlog = self.qlog
         self.bound: list[tuple[str, tuple[str, int]]] = []  # ("udp"/"tcp"/"http", address) actually bound
         # Network setup's calls block (netlink, nft/iptables): one thread of their own runs them in order.
         self.netsetup = NetSetup(cfg, self.meters.setup) if cfg.setup else None
@@ -151,6 +155,8 @@ class Agent:
         inherited = await self._inherit()
         try:
             self._adopt(inherited)
+            if self.qlog is not None:
+                self.qlog.start()  # its writer thread, before the first answer
             await self._bind(inherited)
             self.meters.agent.listening = True
             await self._serve_http(inherited)
@@ -252,6 +258,8 @@ class Agent:
             for task in [*tasks, *self.tasks]:
                 task.cancel()
             self.resolver.close()
+            if self.qlog is not None:
+                self.qlog.close()
             if self._pidfile is not None:
                 with contextlib.suppress(OSError):
                     if self._pidfile.read_text().strip() == str(os.getpid()):  # not a successor's
@@ -308,10 +316,11 @@ class Agent:
             self.bound.append((kind, (name[0], name[1])))
             if kind == "udp":
                 listen = self.cfg.listen
-                proto = UDPServer(self.resolver, self.store, self.meters.server, listen.max_udp_payload, self.now,
-                                  live=self.live, ipv6=sock.family == socket.AF_INET6,
-                                  client_timeout=listen.client_timeout, max_pending=listen.max_pending,
-                                  exempt=self.selfcheck.exempt, clients=self.clients)
+                kw: dict[str, Any] = {} if self.qlog is None else {"qlog": self.qlog}
+                proto = (UDPServer if self.qlog is None else QueryLoggingUDP)(
+                    self.resolver, self.store, self.meters.server, listen.max_udp_payload, self.now,
+                    live=self.live, ipv6=sock.family == socket.AF_INET6, client_timeout=listen.client_timeout,
+                    max_pending=listen.max_pending, exempt=self.selfcheck.exempt, clients=self.clients, **kw)
                 transport, _ = await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp_transports.append(transport)
                 self.udp_protocols.append(proto)

@@ -25,7 +25,7 @@ log = logging.getLogger("nodelocal.reload")
 
 # Fields a running agent cannot change: they are bound sockets, kernel state or files made at start.
 RESTART_FIELDS = ("listen", "setup", "netsetup", "handover", "metrics_addr", "health_addr", "page", "pidfile",
-                  "control")
+                  "control", "log")
 
 
 @dataclass

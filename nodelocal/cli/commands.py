@@ -126,6 +126,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-socket", metavar="PATH",
                    help="socket for `nodelocal cache` and `nodelocal doctor`; empty = none [control.socket]")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="[log_level]")
+    p.add_argument("--query-log", action="store_true",
+                   help="log every answered query, CoreDNS log's format, to stdout [log.queries=true]")
+    p.add_argument("--query-log-format", choices=("coredns", "json"), help="[log.format]")
     p.add_argument("--allow-no-cluster-dns", action="store_true",
                    help="serve even when the cluster zone has no upstream server (warn only) "
                         "[require_cluster_dns=false]")
@@ -261,6 +264,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         out["setup"] = False
     if args.allow_no_cluster_dns:
         out["require_cluster_dns"] = False
+    qlog: dict[str, Any] = {}
+    if args.query_log:
+        qlog["queries"] = True
+    if args.query_log_format is not None:
+        qlog["format"] = args.query_log_format
+    if qlog:
+        out["log"] = qlog
     netsetup: dict[str, Any] = {}
     for flag in ("interface_name", "rules_backend", "sync_interval"):
         if getattr(args, flag) is not None:

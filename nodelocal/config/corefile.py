@@ -543,6 +543,7 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
     metrics: list[tuple[str, int]] = []
     max_concurrent: list[int] = []
     loop = False
+    query_log: list[int] = []  # lines of `log` directives
     acls: list[tuple[dict[str, Any], int]] = []
     for b in blocks:
         names: list[str] = []
@@ -614,8 +615,12 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
                     p.add(d.line, "any takes no arguments")
                 # RFC 8482 minimal ANY answers are nodelocal's default (resolve.minimal_any): nothing to map.
             elif d.name == "log":
-                notes.append(f"{source}:{d.line}: log: read, not acted on (nodelocal logs no query; its live page "
-                             "samples them)")
+                # CoreDNS's query log: one log for every zone here, in its default format (log.queries).
+                query_log.append(d.line)
+                if d.args:
+                    notes.append(f"{source}:{d.line}: log {' '.join(t.text for t in d.args)}: the query log is on "
+                                 "for every zone, in CoreDNS's default format (log.format json for JSON); names "
+                                 "and a custom format are not read")
             elif d.name in ("errors", "reload"):
                 pass  # errors are always logged; config changes are always picked up (ConfigMap ..data, SIGHUP)
             else:
@@ -683,6 +688,11 @@ def translate(blocks: Sequence[ServerBlock], *, source: str = "Corefile", resolv
     }
     if acls:
         data["acl"] = acls[0][0]
+    if query_log:
+        data["log"] = {"queries": True}
+        if len(query_log) < len(blocks):
+            notes.append(f"{source}:{query_log[0]}: log in some server blocks only: nodelocal's query log covers "
+                         "every zone")
     if binds:
         data["listen"] = {"localip": binds}
     port = next(iter(ports), 53)

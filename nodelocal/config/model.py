@@ -191,6 +191,19 @@ class NetSetupConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """The query log (CoreDNS `log`): one line per answered query, off by default."""
+
+    queries: bool = _f(False, "log answered queries (a Corefile's `log` turns it on); fixed at start")
+    format: str = _f("coredns", "coredns (CoreDNS log's default format) or json (one object a line)",
+                     choices=("coredns", "json"))
+    sample: int = _f(1, "log one answered query in N", lo=1)
+    rate: int = _f(0, "at most this many lines a second (after sampling); 0 = no cap", lo=0)
+    buffer: int = _f(10000, "lines waiting to be written at most; past it new lines are dropped and counted", lo=1)
+    output: str = _f("stdout", "stdout, stderr, or a file path (appended to)")
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     """The agent's local control endpoint (nodelocal cache, nodelocal doctor): a Unix socket only root reaches."""
 
@@ -275,6 +288,7 @@ class Config:
     log_level: str = _f("info", "debug, info, warning or error",
                         choices=("debug", "info", "warning", "error"))
     control: ControlConfig = _f(ControlConfig(), "the local control endpoint")
+    log: LogConfig = _f(LogConfig(), "the query log")
     require_cluster_dns: bool = _f(True, "refuse to serve (and refuse a reload) when the zone that answers "
                                          "cluster_domain has no upstream server, as node-cache exits; false: "
                                          "serve and warn (its names get SERVFAIL)")

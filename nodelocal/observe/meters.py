@@ -12,6 +12,7 @@ from nodelocal.agent.metrics import AgentCollector, AgentStats
 from nodelocal.cache.metrics import CacheCollector, CacheStats
 from nodelocal.cache.store import Store
 from nodelocal.netsetup.metrics import SetupCollector, SetupStats
+from nodelocal.observe.querylog import QueryLogCollector, QueryLogStats
 from nodelocal.resolve.metrics import ResolveCollector, ResolveStats
 from nodelocal.server.metrics import SERVER_LABEL, ServerCollector, ServerStats
 
@@ -25,12 +26,14 @@ class Meters:
     resolve: ResolveStats = field(default_factory=ResolveStats)
     setup: SetupStats = field(default_factory=SetupStats)
     agent: AgentStats = field(default_factory=AgentStats)
+    querylog: QueryLogStats = field(default_factory=QueryLogStats)
 
     def registry(self, store: Store, process: bool = True) -> CollectorRegistry:
         """A registry with every capability's collector (and the process's CPU and memory when `process`)."""
         reg = CollectorRegistry()
         for collector in (ServerCollector(self.server, SERVER_LABEL), CacheCollector(self.cache, store, SERVER_LABEL),
-                          ResolveCollector(self.resolve), SetupCollector(self.setup), AgentCollector(self.agent)):
+                          ResolveCollector(self.resolve), SetupCollector(self.setup), AgentCollector(self.agent),
+                          QueryLogCollector(self.querylog)):
             reg.register(collector)
         if process:
             ProcessCollector(registry=reg)

@@ -17,6 +17,7 @@ from nodelocal.server.metrics import NO_ZONE_ID, SERVER_LABEL, ListenerStats, Se
 
 if TYPE_CHECKING:
     from nodelocal.observe.live import Live
+    from nodelocal.observe.querylog import QueryLog
 
 log = logging.getLogger("nodelocal.tcp")
 errors = RateLimitedLog(log)  # a bug hit by every query must not write a traceback per query
@@ -35,6 +36,7 @@ class TCPConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.counters: ListenerStats  # the listener's, once connection_made knows the socket's name
         self.peer = "?"
+        self.peer_addr: tuple[object, ...] = ("?", 0)
         self.opened = time.monotonic()
         self.asked = 0  # queries read on this connection
         self.denied = False  # outside the allowed ranges (acl.action refuse): every query gets REFUSED
@@ -45,6 +47,7 @@ class TCPConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0])
+            self.peer_addr = tuple(peer)
         # CoreDNS's server label: the address the listener is bound to (one lookup per connection).
         sockname = transport.get_extra_info("sockname")
         family = "2" if sockname and len(sockname) == 4 else "1"  # IPv6: (host, port, flowinfo, scope_id)
@@ -153,6 +156,9 @@ class TCPConnection(asyncio.Protocol):
             return
         if reply is not None:
             t.write(frame(reply))
+            qlog = self.server.qlog
+            if qlog is not None:
+                qlog.record(msg, reply, self.peer_addr, "tcp", time.monotonic() - t0)
         self._start_waiting()
         if self.inflight == 0:
             self._arm_idle()
@@ -184,6 +190,7 @@ class TCPServer:
         self.max_connections = max_connections
         self.max_pipelined = max_pipelined
         self.clients = clients  # access list and per-client limits (server/clients.py)
+        self.qlog: QueryLog | None = None  # the query log, when on (observe/querylog.py)
         self.connections: set[TCPConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 

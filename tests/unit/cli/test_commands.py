@@ -250,3 +250,9 @@ def test_check_config_warns_about_any_zone_without_servers(tmp_path: Path,
     assert main(["check-config", str(f), *HERMETIC]) == 0  # the cluster zone ('.' here) has servers
     err = capsys.readouterr().err
     assert "warning: zone corp.example has no upstream server (groups corp: none)" in err
+
+
+def test_query_log_flags() -> None:
+    assert over("--query-log")["log"] == {"queries": True}
+    assert over("--query-log", "--query-log-format", "json")["log"] == {"queries": True, "format": "json"}
+    assert "log" not in over()

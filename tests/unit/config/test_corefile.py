@@ -243,7 +243,27 @@ def test_forward_options_ports_and_schemes(resolv: str) -> None:
     assert cfg.upstreams["host"].servers == ("192.0.2.1:5353", "[2001:db8::1]:53", "192.0.2.53:53", "192.0.2.54:53")
     assert cfg.upstreams["host"].policy == "round_robin"
     assert cfg.resolve.max_concurrent == 150 and cfg.resolve.loop_detect is False
-    assert any("max_fails" in n for n in res.notes) and any("log:" in n for n in res.notes)
+    assert any("max_fails" in n for n in res.notes)
+    assert cfg.log.queries is True and cfg.log.format == "coredns"  # `log` turns the query log on
+
+
+def test_log_turns_the_query_log_on_and_says_what_it_does_not_read(resolv: str) -> None:
+    text = """
+    cluster.local:53 {
+        forward . 10.96.0.11
+        log . "{remote} {name}"
+    }
+    .:53 {
+        forward . /etc/resolv.conf
+    }
+    """
+    res = load_text(text, Pillars(), resolv_conf=resolv)
+    cfg = config.load(None, res.data, env={}, resolv_conf=resolv)
+    assert cfg.log.queries is True
+    assert any("custom format are not read" in n for n in res.notes)
+    assert any("log in some server blocks only" in n for n in res.notes)
+    without = load_text(text.replace('log . "{remote} {name}"', ""), Pillars(), resolv_conf=resolv)
+    assert config.load(None, without.data, env={}, resolv_conf=resolv).log.queries is False
 
 
 def test_forward_randomize_case_off_is_a_group_of_its_own(resolv: str) -> None:
