@@ -1,5 +1,6 @@
-"""The `nodelocal` command: serve, check-config, dnsconfig, stats (commands.py), and node-cache's flag
-dialect (nodecache.py), so that node-local-dns's DaemonSet arguments work unchanged."""
+"""The `nodelocal` command: serve, check-config, dnsconfig, stats (commands.py), the running agent's cache and
+`doctor` through its control socket (cache.py, doctor.py, control.py), and node-cache's flag dialect
+(nodecache.py), so that node-local-dns's DaemonSet arguments work unchanged."""
 
 from __future__ import annotations
 

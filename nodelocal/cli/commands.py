@@ -1,5 +1,5 @@
-"""Command line: `nodelocal serve | check-config | dnsconfig | stats | cache | version`. Each serve flag maps to one
-config field; node-cache's flags (Go spellings too) are accepted beside them (compat.py)."""
+"""Command line: `nodelocal serve | check-config | dnsconfig | stats | cache | doctor | version`. Each serve flag
+maps to one config field; node-cache's flags (Go spellings too) are accepted beside them (compat.py)."""
 
 from __future__ import annotations
 

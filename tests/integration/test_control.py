@@ -79,6 +79,17 @@ def test_status_and_route(ctl_agent: Any, cluster: FakeDNS) -> None:
     assert other["entries"] == []
 
 
+def test_dump_json_is_one_object_per_entry(ctl_agent: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    ctl_agent.query(WEB)
+    ctl_agent.query(WEB, "A", want_dnssec=True)  # the DO variant is its own entry
+    assert main(["cache", "dump", "--socket", ctl_agent.sock, "--json", WEB]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert sorted(tuple(r["flags"]) for r in rows) == [("rd",), ("rd", "do")]
+    assert all(r["zone"] == "cluster.local" and r["rcode"] == "NOERROR" and not r["stale"] for r in rows)
+
+
 def test_no_agent_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cache", "dump", "--socket", str(tmp_path / "control.sock")]) == 1
     assert "no agent is running here" in capsys.readouterr().err
