@@ -23,7 +23,9 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import json
+import re
 import sys
 import threading
 import time
@@ -38,7 +40,7 @@ from prometheus_client.registry import Collector
 from nodelocal import ConfigError, WireError
 from nodelocal.config.model import LogConfig
 from nodelocal.dns import wire
-from nodelocal.dns.names import to_text
+from nodelocal.dns.names import labels_of_wire, to_text
 from nodelocal.server.udp import UDPServer
 
 FLUSH_EVERY = 0.2  # seconds the writer waits for more lines before it writes what it has
@@ -80,15 +82,38 @@ def _flags(b2: int, b3: int) -> str:
     return ",".join(out) or "-"
 
 
+_UNUSUAL = re.compile(rb"[^\x21-\x7e]|\\")  # bytes a presentation name writes escaped
+
+
+def _name_text(wire_name: bytes) -> str:
+    """The name as CoreDNS logs it: lower case, fully qualified ('.' for the root). The common name (letters,
+    digits, hyphens) the quick way; anything else through names.to_text's escaping."""
+    labels = labels_of_wire(wire_name)
+    text = b".".join(labels)
+    if _UNUSUAL.search(text) is None and text.count(b".") == len(labels) - 1:
+        return text.decode("ascii").lower() + "." if labels else "."
+    plain = to_text(wire_name)
+    return plain if plain == "." else plain + "."
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_text(qtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))  # A, AAAA, TYPE65280
+
+
+@functools.lru_cache(maxsize=64)
+def _class_text(qclass: int) -> str:
+    return dns.rdataclass.to_text(dns.rdataclass.RdataClass.make(qclass))
+
+
 def fields(query: bytes, reply: bytes, addr: tuple[Any, ...], proto: str, seconds: float) -> dict[str, Any]:
     """The log line's fields, read from the bytes (the writer thread calls it, never the event loop)."""
     name, qtype, qclass, do, bufsize = "-", "-", "-", False, 512
     try:
         qend = wire.question_end(query)
-        name = to_text(query[wire.HEADER_LEN : qend - 4])
-        name = name if name == "." else name + "."
-        qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(query[qend - 4] << 8 | query[qend - 3]))
-        qclass = dns.rdataclass.to_text(dns.rdataclass.RdataClass.make(query[qend - 2] << 8 | query[qend - 1]))
+        name = _name_text(query[wire.HEADER_LEN : qend - 4])
+        qtype = _type_text(query[qend - 4] << 8 | query[qend - 3])
+        qclass = _class_text(query[qend - 2] << 8 | query[qend - 1])
         if len(query) > wire.HEADER_LEN + 11 and query[11]:
             opt = wire.parse_opt(query, qend)
             if opt is not None:

@@ -97,3 +97,13 @@ def test_the_writer_thread_writes_and_close_flushes(tmp_path: object) -> None:
         qlog.record(q, r, ("10.0.0.1", 1), "udp", 0.0)
     qlog.close()
     assert len(path.read_text().splitlines()) == 3 and qlog.stats.lines["written"] == 3
+
+
+def test_names_as_coredns_logs_them() -> None:
+    from nodelocal.dns.names import to_wire
+    from nodelocal.observe.querylog import _name_text
+
+    assert _name_text(b"\x00") == "."
+    assert _name_text(to_wire("Web.Default.SVC.cluster.local")) == "web.default.svc.cluster.local."
+    assert _name_text(b"\x03a.b\x01c\x00") == "a\\.b.c."  # a dot inside a label, escaped
+    assert _name_text(b"\x03a b\x00") == "a\\032b."  # a space, as \\DDD
