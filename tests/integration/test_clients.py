@@ -163,3 +163,26 @@ def test_metrics_bind_the_node_address_and_loopback_only(cluster: Any, host: Any
         pass
     else:
         raise AssertionError("metrics reachable on an address that is not the node's")
+
+
+def test_the_node_ranges_are_read_again_and_new_ones_answered(cluster: Any, host: Any, make_agent: Any,
+                                                               monkeypatch: Any) -> None:
+    import ipaddress
+
+    from nodelocal.agent import lifecycle
+
+    # The kernel's view, as the periodic re-read gets it: first without 127.0.0.2, then a new route adds it.
+    ranges = [[ipaddress.ip_network("127.0.0.1/32")]]
+    monkeypatch.setattr(lifecycle, "read_node_networks", lambda: list(ranges[0]))
+    a = make_agent({**upstreams(cluster, host, try_timeout=0.5), "netsetup": {"sync_interval": 0.2}})
+    r = ask_from(OUTSIDE, a.port, dns.message.make_query("example.test", "A"))
+    assert r is not None and r.rcode() == dns.rcode.REFUSED
+    ranges[0] = [ipaddress.ip_network("127.0.0.0/30")]
+    from tests.fakedns import wait_for
+
+    def answered() -> bool:
+        got = ask_from(OUTSIDE, a.port, dns.message.make_query("example.test", "A"))
+        return got is not None and got.rcode() == dns.rcode.NOERROR
+
+    assert wait_for(answered, timeout=5.0)
+    assert a.metric("nodelocal_acl_networks") == 1

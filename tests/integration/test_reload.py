@@ -237,3 +237,26 @@ def test_zones_without_upstream_servers_are_warned_about_and_an_empty_cluster_zo
         assert agent.query(WEB).rcode() == dns.rcode.SERVFAIL
     finally:
         agent.stop()
+
+
+def test_an_access_list_change_applies_on_reload(tmp_path: Path, upstreams: tuple[FakeDNS, FakeDNS, FakeDNS]) -> None:
+    from tests.integration.test_clients import OUTSIDE, ask_from
+
+    cluster, host, _corp = upstreams
+    port = free_port()
+    cfg_file = tmp_path / "agent.yaml"
+    closed = {"node_ranges": False, "allow": ["127.0.0.1/32"]}
+    cfg_file.write_text(agent_yaml(port, cluster, host, acl=closed))
+    agent = ReloadingAgent(Source(file=str(cfg_file), env={}, resolv_conf="/nonexistent")).start()
+    try:
+        r = ask_from(OUTSIDE, port, dns.message.make_query(WEB, "A"))
+        assert r is not None and r.rcode() == dns.rcode.REFUSED
+        cfg_file.write_text(agent_yaml(port, cluster, host, acl={**closed, "allow": ["127.0.0.0/30"]}))
+        assert wait_for(lambda: agent.metric("nodelocal_config_reloads_total", result="success") == 1, 5)
+        r = ask_from(OUTSIDE, port, dns.message.make_query(WEB, "A"))
+        assert r is not None and r.rcode() == dns.rcode.NOERROR and r.answer
+        cfg_file.write_text(agent_yaml(port, cluster, host, acl={**closed, "action": "drop"}))
+        assert wait_for(lambda: agent.metric("nodelocal_config_reloads_total", result="success") == 2, 5)
+        assert ask_from(OUTSIDE, port, dns.message.make_query(WEB, "A")) is None
+    finally:
+        agent.stop()
