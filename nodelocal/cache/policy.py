@@ -162,18 +162,22 @@ def _dname_substitute(buf: bytes, name: bytes, owners: list[bytes], answers: lis
     return None
 
 
-def validate(buf: bytes, sc: wire.Scan) -> None:
-    """Raise WireError unless every record of the upstream reply `buf` would parse in a client (dnspython,
-    the oracle): what is cached or relayed is then well-formed, whatever an upstream or a forger sent.
+def validate(buf: bytes, sc: wire.Scan) -> tuple[bytes, wire.Scan]:
+    """The upstream reply `buf` as it may be cached and relayed: every record would parse in a client
+    (dnspython, the oracle), whatever an upstream or a forger sent; WireError if not.
 
-    wire.check_records checks the common types itself; a reply with any other type or class (DNSSEC
-    records, SVCB/HTTPS, CAA, ...) is parsed whole by dnspython, slower but rarer.
+    wire.check_records checks the common types itself (and refuses pointers into the header or onto TTL
+    octets, which the cache rewrites per client). A reply with any other type or class (DNSSEC records,
+    SVCB/HTTPS, CAA, ...) is parsed whole by dnspython and written out again by it, slower but rarer: its
+    compression then points only at names, whatever the upstream's pointed at.
     """
-    if not wire.check_records(buf, sc):
-        try:
-            dns.message.from_wire(buf)
-        except Exception as e:  # dnspython raises a dozen kinds (FormError, BadPointer, UnknownTSIGKey, ...)
-            raise WireError(f"malformed record: {type(e).__name__}") from None
+    if wire.check_records(buf, sc):
+        return buf, sc
+    try:
+        rendered = dns.message.from_wire(buf).to_wire()
+    except Exception as e:  # dnspython raises a dozen kinds (FormError, BadPointer, UnknownTSIGKey, ...)
+        raise WireError(f"malformed record: {type(e).__name__}") from None
+    return rendered, wire.scan(rendered)
 
 
 def without_trailing_opt(buf: bytes, sc: wire.Scan) -> tuple[bytes, wire.Scan]:

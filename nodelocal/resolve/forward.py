@@ -99,9 +99,8 @@ class Server:
                 log.debug("upstream %s: %s; sending the query again on a new connection", self.label, e)
                 self.stats.retransmit(self.label, "tcp")
                 reply = await self.tcp.exchange(query, question_lc, left, since=e.at)
-        sc = wire.scan(reply)
-        validate(reply, sc)  # malformed records never reach the cache or a client (WireError: a failed try)
-        return reply, sc
+        # Malformed records never reach the cache or a client (WireError: a failed try).
+        return validate(reply, wire.scan(reply))
 
     # ---- health ------------------------------------------------------------------------------------
 
