@@ -200,7 +200,9 @@ def reply_for(data: bytes, rcode: int, tc: bool = False) -> bytes | None:
     if len(data) < wire.HEADER_LEN or data[2] & wire.QR:
         return None
     qend = None
-    if data[4:6] == b"\x00\x01":
+    # The question is echoed for standard queries only: under another opcode (UPDATE) the first section
+    # is a zone section of its own rules, and an echo a client cannot read (found by hack/fuzz.py).
+    if data[4:6] == b"\x00\x01" and not data[2] & wire.OPCODE_MASK:
         try:
             qend = wire.question_end(data)
         except WireError:

@@ -132,6 +132,17 @@ def test_reply_for_echoes_the_question_and_never_answers_a_response() -> None:
     assert garbled is not None and dns.message.from_wire(garbled).question == []
 
 
+
+def test_reply_for_an_update_has_no_question_a_client_cannot_read() -> None:
+    """Found by hack/fuzz.py: an UPDATE (opcode 5) whose zone section was a question of type 99 got it echoed
+    under REFUSED, and dnspython could not read the reply."""
+    update = bytes.fromhex("7f36290000010000c000000104746573740373ff6300006300010000290100000000000000")
+    r = reply_for(update, wire.REFUSED)
+    assert r is not None
+    m = dns.message.from_wire(r)
+    assert m.rcode() == dns.rcode.REFUSED and m.id == 0x7F36
+
+
 # -- the rate limiter --------------------------------------------------------------------------------------
 
 class Clock:
