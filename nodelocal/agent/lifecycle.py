@@ -44,6 +44,7 @@ from nodelocal.agent.handover import Giving, Inherited, Listener, SendOnly
 from nodelocal.agent.health import SelfCheck, upstream_problem
 from nodelocal.agent.periodic import every
 from nodelocal.agent.reload import RESTART_FIELDS, Change, Reloader, plan
+from nodelocal.cache.memory import MemoryGuard, cgroup_limit
 from nodelocal.cache.store import DENIAL, SUCCESS, Entry, Store
 from nodelocal.config import Config, describe, format_hostport, upstream_gaps
 from nodelocal.config.source import Loaded, Source
@@ -73,6 +74,15 @@ gaps_log = RateLimitedLog(log)  # a ConfigMap rewritten in a loop must not repea
 PREFETCH_TICK = 0.2
 
 
+MEMORY_TICK = 1.0  # seconds between two reads of the resident set against the memory limit
+
+
+def memory_limit(cfg: Config) -> int | None:
+    """cache.memory_limit: bytes, or 0 for the cgroup's limit (None without one), or -1 for none."""
+    v = cfg.cache.memory_limit
+    return None if v < 0 else v if v > 0 else cgroup_limit()
+
+
 class Agent:
     """One running agent: its cache, resolver, listeners and endpoints."""
 
@@ -90,6 +100,8 @@ class Agent:
         self.guard = loopdetect.LoopGuard(now)  # answers our own loop probes when they come back
         self.guard.on_loop = self._late_loop
         self.resolver = self._resolver(cfg)
+        self.memory = MemoryGuard(self.store, memory_limit(cfg), cfg.cache.memory_shed_percent,
+                                  lambda: self.udp_protocols, lambda: self.resolver)
         self.registry = self.meters.registry(self.store)
         self.stop_event = asyncio.Event()
         self.udp_transports: list[asyncio.DatagramTransport] = []
@@ -190,6 +202,10 @@ class Agent:
                                             lambda: self.store.sweep(self.now()), "sweep", failures)))
         tasks.append(loop.create_task(every(PREFETCH_TICK, lambda: self.resolver.prefetch_due(), "prefetch",
                                             failures)))
+        if self.memory.limit:
+            log.info("memory: shedding past %d%% of %d MiB resident", cfg.cache.memory_shed_percent,
+                     self.memory.limit >> 20)
+        tasks.append(loop.create_task(every(MEMORY_TICK, self.memory.check, "memory", failures)))
         if self.live is not None:
             tasks.append(loop.create_task(every(TICK, self.live.tick, "live", failures)))
         tasks.append(loop.create_task(wait_ready(cfg, self.meters.resolve)))
@@ -670,6 +686,9 @@ class Agent:
         if new.acl != old.acl:
             self._spawn(self._read_ranges())
         store.max_bytes = new.cache.max_bytes
+        self.memory.limit = memory_limit(new)
+        self.memory.shed_percent = new.cache.memory_shed_percent
+        resolver.shedding = self.memory.refusing
         for z in change.cleared:
             store.clear(z)
         for z in change.removed:

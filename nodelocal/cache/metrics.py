@@ -78,7 +78,18 @@ class CacheCollector(Collector):
         for zone, n in s.misses.items():
             zm.add_metric([zone], n)
         yield zm
-        yield GaugeMetricFamily("nodelocal_cache_bytes", "Bytes held by the cache.", value=store.bytes)
+        yield GaugeMetricFamily("nodelocal_cache_bytes", "Bytes held by the cache: entries at what they really "
+                                "cost, prefetch items and the reply memos.", value=store.bytes + store.memo_bytes)
+        yield GaugeMetricFamily("nodelocal_cache_memo_bytes", "Bytes held by the UDP listeners' reply memos "
+                                "(part of nodelocal_cache_bytes).", value=store.memo_bytes)
+        yield GaugeMetricFamily("nodelocal_memory_limit_bytes", "Resident memory the agent sheds under "
+                                "(cache.memory_limit or the cgroup's limit); 0: none.", value=store.memory_limit)
+        shed = CounterMetricFamily("nodelocal_memory_shed", "Memory shedding: evict = rounds that halved the "
+                                   "cache near the memory limit; refuse = misses refused near it.",
+                                   labels=["action"])
+        for action, n in store.shed.items():
+            shed.add_metric([action], n)
+        yield shed
         yield GaugeMetricFamily("nodelocal_cache_max_bytes", "Byte budget of the cache (cache.max_bytes).",
                                 value=store.max_bytes)
         cap = GaugeMetricFamily("nodelocal_cache_capacity", "Entry cap per zone and type.", labels=["zone", "type"])

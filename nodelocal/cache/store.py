@@ -7,6 +7,7 @@ the whole store.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,8 +17,17 @@ from nodelocal.dns import wire
 SUCCESS, DENIAL = 0, 1
 KIND_NAMES = ("success", "denial")
 
-# Fixed per-entry cost on top of the byte strings: the Entry object, its tuples, two dict slots.
-ENTRY_OVERHEAD = 400
+# What an entry really costs, measured with tracemalloc (tests/unit/cache/test_memory.py checks it on every
+# run): 20,000 entries of three shapes (an A answer, an NXDOMAIN with its SOA, a CNAME and four A records)
+# cost 609 bytes each beside their key and two copies of their records (the template and the body with
+# its TTLs patched), and 44 bytes per record (a TTL offset, a TTL and its int). The 609: the Entry and its
+# slots (~190), the header bytes objects (~90), the bytes objects' own headers (~100), the index's dict slot
+# and the partition's OrderedDict slot and node (~150 at the fill a dict keeps, up to ~2x right after it
+# grows). Counted with a margin for that growth.
+ENTRY_OVERHEAD = 720
+RECORD_COST = 48
+# A prefetch heap item (when, seq, entry): a tuple, a float and an int, and its list slot.
+DUE_COST = 136
 
 OPT_PLAIN = wire.opt_record(wire.EDNS_PAYLOAD, False)
 OPT_DO = wire.opt_record(wire.EDNS_PAYLOAD, True)
@@ -88,7 +98,7 @@ class Entry:
         self.expires = stored + ttl
         self.hits = 0
         self.part: Partition | None = None
-        self.size = len(key) + 2 * len(template) + ENTRY_OVERHEAD
+        self.size = len(key) + 2 * len(template) + ENTRY_OVERHEAD + RECORD_COST * len(ttls)
         self.qlen = 0  # length of the question (name, type, class) this entry answers; set by make_entry
 
     def body_at(self, now: float) -> bytes:
@@ -156,7 +166,13 @@ class Store:
         self.zone_names: list[str] = [NO_ZONE]
         self.zone_ids: dict[str, int] = {}  # a real zone named "dropped" gets a number of its own
         self.on_zone: Callable[[], None] | None = None  # the listeners' counters grow a zone (server/metrics.py)
-        self.bytes = 0
+        self.bytes = 0  # what the entries cost (Entry.size), prefetch heap items included
+        # What the UDP listeners' reply memos hold (server/udp.py): counted in nodelocal_cache_bytes and in
+        # the budget (entries are evicted to make room); each listener clears its memo past memo_max.
+        self.memo_bytes = 0
+        # Memory shedding (cache/memory.py): rounds that evicted under the memory limit, misses refused.
+        self.shed = {"evict": 0, "refuse": 0}
+        self.memory_limit = 0  # bytes of resident memory shedding starts under (cache/memory.py); 0: none
         self.expired_reclaimed = 0
         # Entries to look at for prefetch, by the time their refresh window opens: (when, seq, entry).
         # Pushed on insert (resolve/resolver.py), popped by Resolver.prefetch_due; one item per insert,
@@ -173,6 +189,11 @@ class Store:
             if self.on_zone is not None:
                 self.on_zone()
         return zid
+
+    @property
+    def memo_max(self) -> int:
+        """Bytes the reply memos may hold in all: an eighth of the budget, 64 KiB to 4 MiB."""
+        return max(64 * 1024, min(4 * 1024 * 1024, self.max_bytes // 8))
 
     def partition(self, zone: str, kind: int, capacity: int, stale: float = 0.0) -> Partition:
         """The partition for (zone, kind), created on first use; its cap and stale window follow the latest
@@ -223,8 +244,25 @@ class Store:
         self.bytes += entry.size
         while len(part.lru) > part.capacity:
             self._evict(part)
-        while self.bytes > self.max_bytes:
+        while self.bytes + self.memo_bytes > self.max_bytes and self.bytes > 0:
             self._evict(max(self.partitions.values(), key=lambda p: p.bytes))
+
+    def shrink(self, target: int) -> int:
+        """Evict, largest partition first, until the entries cost at most `target` bytes; returns how many
+        went. For memory shedding: the LRU order within each partition decides."""
+        gone = 0
+        while self.bytes > target and self.bytes > 0:
+            self._evict(max(self.partitions.values(), key=lambda p: p.bytes))
+            gone += 1
+        return gone
+
+    def prune_due(self) -> None:
+        """Drop the prefetch heap's items for entries no longer in the store (evicted, replaced, expired
+        and swept). Called when the heap holds many more items than the store entries: under a flood of
+        new names every insert pushes an item, and the evicted entries they point to would stay in memory
+        until their refresh time came."""
+        self.due = [d for d in self.due if d[2].part is not None]
+        heapq.heapify(self.due)
 
     def sweep(self, now: float, budget: int = 100_000) -> int:
         """Reclaim entries expired past their stale window, looking at no more than `budget` of them;

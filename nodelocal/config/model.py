@@ -161,6 +161,11 @@ class CacheConfig:
 
     max_bytes: int = _f(32 * 1024 * 1024, "byte budget of the whole cache", lo=4096)
     sweep_interval: float = _f(10.0, "seconds between reclaiming expired entries", lo=0.1)
+    memory_limit: int = _f(0, "bytes of resident memory the agent sheds under: past memory_shed_percent of it the "
+                              "cache is halved and the reply memos cleared, past 95% (and growing) new misses are "
+                              "refused (hits and stale answers still go); 0 = the cgroup's limit (memory.max, "
+                              "memory.limit_in_bytes), none without one; -1 = never shed", lo=-1)
+    memory_shed_percent: int = _f(85, "share of memory_limit at which the cache is halved", lo=10, hi=95)
 
 
 @dataclass(frozen=True)

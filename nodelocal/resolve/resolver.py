@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from nodelocal import WireError
 from nodelocal.cache.metrics import CacheStats
 from nodelocal.cache.policy import TTLPolicy, entry_for
-from nodelocal.cache.store import DENIAL, SUCCESS, Entry, Partition, Store
+from nodelocal.cache.store import DENIAL, DUE_COST, SUCCESS, Entry, Partition, Store
 from nodelocal.config import Config, ZoneCache
 from nodelocal.dns import wire
 from nodelocal.dns.names import labels_of_wire
@@ -109,6 +109,7 @@ class Resolver:
             self.prefetched.setdefault(zname, 0)
         self.router: Router[ZoneRoute] = Router(routes)
         self.inflight: dict[bytes, asyncio.Future[Outcome]] = {}
+        self.shedding = False  # set by cache/memory.py's MemoryGuard near the memory limit: new misses refused
         self.loop = LoopRef()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -194,6 +195,12 @@ class Resolver:
             inline = False
             if fut is not None:
                 self.stats.coalesced += 1
+            elif self.shedding:
+                # Memory shedding (cache/memory.py): near the memory limit, no new upstream query (its
+                # state, its reply and its entry would take memory); hits and stale answers still go.
+                store.shed["refuse"] += 1
+                if old is None:
+                    return wire.error_reply(query, wire.REFUSED, qend)
             elif len(self.inflight) >= self.max_concurrent:
                 self.stats.concurrency_rejects += 1
                 if old is None:
@@ -298,10 +305,17 @@ class Resolver:
     def _put(self, entry: Entry, now: float, route: ZoneRoute) -> None:
         if entry.key[entry.qlen - 4 : entry.qlen - 2] == b"\x00\xff":
             return  # an ANY answer (TCP): forwarded, never cached (step 5a)
-        self.store.put(entry, route.parts[entry.kind])
-        if route.cache.prefetch_hits and entry.part is not None:
+        store = self.store
+        prefetch = route.cache.prefetch_hits > 0
+        if prefetch:
+            entry.size += DUE_COST  # its heap item below lives as long as the entry (prune_due)
+        store.put(entry, route.parts[entry.kind])
+        if prefetch and entry.part is not None:
             when = entry.stored + entry.ttl * route.prefetch_share
-            heapq.heappush(self.store.due, (when, next(self._seq), entry))
+            due = store.due
+            heapq.heappush(due, (when, next(self._seq), entry))
+            if len(due) > 2 * len(store.index) + 1024:
+                store.prune_due()  # amortised: at least half the items go each time
 
     def adopt(self, entry: Entry, now: float, same_chain: Callable[[str], bool]) -> bool:
         """Insert an entry a predecessor handed over (agent/handover.py) into the zone our config routes it
@@ -342,7 +356,7 @@ class Resolver:
             if e.part is None or now >= e.expires or key in self.inflight:
                 continue  # replaced, evicted or expired already (a miss refreshes it), or being refreshed
             route = self.router.match(labels_of_wire(key))
-            if e.hits < route.cache.prefetch_hits or len(self.inflight) >= self.max_concurrent:
+            if e.hits < route.cache.prefetch_hits or len(self.inflight) >= self.max_concurrent or self.shedding:
                 continue
             if self._tokens < 1.0:
                 continue  # over the rate: this one expires and is refreshed by its next miss

@@ -26,6 +26,9 @@ log = logging.getLogger("nodelocal.udp")
 errors = RateLimitedLog(log)  # a bug hit by every query must not write a traceback per query
 
 MEMO_MAX = 8192  # distinct query forms remembered (each ~0.3-0.6 KiB); cleared whole when full
+# What a memo item costs beside its query and reply bytes: two bytes objects' headers, the tuple, the float
+# and the dict slot (measured with tracemalloc, tests/unit/server/test_udp.py).
+MEMO_ITEM_COST = 240
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT high byte 0
 
 
@@ -67,6 +70,8 @@ class UDPServer(asyncio.DatagramProtocol):
         self.tasks: set[asyncio.Task[None]] = set()
         # query bytes after the ID -> (entry, monotonic time until which the reply holds, reply after the ID)
         self.memo: dict[bytes, tuple[Entry, float, bytes]] = {}
+        self.memo_bytes = 0  # what it holds, also in store.memo_bytes (nodelocal_cache_bytes)
+        self.store = store
         self.live = live
         self.countdown = 1 << 62  # datagrams until the next sample (never, without a Live to register with)
         if live is not None:
@@ -170,8 +175,12 @@ class UDPServer(asyncio.DatagramProtocol):
                     self.zrcodes[zid][e.rcode] += 1
                     out = e.render(data, qend, limit, edns, now)
                     memo = self.memo
-                    if len(memo) >= MEMO_MAX:
-                        memo.clear()  # bounded; the working set refills it within a second
+                    store = self.store
+                    if len(memo) >= MEMO_MAX or store.memo_bytes > store.memo_max:
+                        self.clear_memo()  # bounded; the working set refills it within a second
+                    cost = len(data) + len(out) + MEMO_ITEM_COST
+                    self.memo_bytes += cost
+                    store.memo_bytes += cost
                     # Valid to the end of this whole TTL second (TTLs in the reply change then) and
                     # never past the entry's expiry.
                     until = e.stored + e.sec + 1
@@ -179,6 +188,12 @@ class UDPServer(asyncio.DatagramProtocol):
                     self.transport.sendto(out, addr)  # type: ignore[union-attr]
                     return
         self._slow(data, addr)
+
+    def clear_memo(self) -> None:
+        """Forget every memoised reply (full, or memory shedding); their bytes leave the cache's count."""
+        self.memo.clear()
+        self.store.memo_bytes -= self.memo_bytes
+        self.memo_bytes = 0
 
     def _sampled(self, data: bytes, addr: Any) -> None:
         """The same handling, timed, then recorded for the live page (top names and clients, hit latency)."""

@@ -532,3 +532,46 @@ def test_a_query_that_waited_in_the_loop_past_the_timeout_gets_no_work() -> None
         assert held.seen == [] and rig.transport.sent == [] and rig.stats.shed["late"] == 1
 
     run(body)
+
+
+def test_reply_memo_bytes_are_counted_bounded_and_cover_what_it_holds() -> None:
+    """The memo's bytes go into the store's count (nodelocal_cache_bytes); past the store's memo_max the
+    memo is cleared and its bytes leave the count; what it holds (tracemalloc) is within the count."""
+    import gc
+    import tracemalloc
+    store = Store(1 << 20, now=lambda: NOW)  # memo_max: 128 KiB
+    server = UDPServer(RecordingResolver(), store, ServerStats(), MAX_UDP, now=lambda: NOW)  # type: ignore[arg-type]
+
+    class Discard:  # keeps nothing of what is sent: only the memo is measured
+        def sendto(self, data: bytes, addr: object) -> None:
+            pass
+
+    server.connection_made(Discard())  # type: ignore[arg-type]
+    part = store.partition(".", SUCCESS, 100000)
+    queries = []
+    for i in range(600):
+        q = dns.message.make_query(f"memo{i}.example.", "A", use_edns=bool(i % 2))
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(f"memo{i}.example.", 300, "IN", "A", "192.0.2.1", "192.0.2.2"))
+        data = q.to_wire()
+        e, _ok = entry_for(slow_key(data), r.to_wire(), False, NOW, TTLPolicy(min_ttl=0, success_max_ttl=3600))
+        store.put(e, part)
+        queries.append(data)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for data in queries[:300]:
+            server.datagram_received(data, CLIENT)
+        gc.collect()
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(server.memo) == 300
+    assert store.memo_bytes == server.memo_bytes and real <= server.memo_bytes <= 2 * real
+    for data in queries[300:]:
+        server.datagram_received(data, CLIENT)
+    assert store.memo_bytes <= store.memo_max + 1024  # cleared when past it, then refilled
+    assert len(server.memo) < 600
+    server.clear_memo()
+    assert store.memo_bytes == 0 and not server.memo
