@@ -38,7 +38,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nodelocal import BindError, __version__
-from nodelocal.agent import handover
+from nodelocal.agent import handover, snapshot
 from nodelocal.agent.control import ControlServer, entry_info, matching, picker
 from nodelocal.agent.handover import Giving, Inherited, Listener, SendOnly
 from nodelocal.agent.health import SelfCheck, upstream_problem
@@ -166,7 +166,13 @@ class Agent:
         await self._read_ranges(first=True)
         inherited = await self._inherit()
         try:
-            self._adopt(inherited)
+            if inherited.records:
+                self._adopt(inherited.records, inherited.zones, "handover")
+            elif cfg.handover.snapshot:
+                # No cache handed over (no predecessor, or it died): the snapshot a crashed one left, if fresh.
+                records, zones = snapshot.read(cfg.handover.snapshot, self.now, cfg.handover.snapshot_max_age)
+                self._adopt(records, zones, f"snapshot {cfg.handover.snapshot}")
+            inherited.records = []
             if self.qlog is not None:
                 self.qlog.start()  # its writer thread, before the first answer
             await self._bind(inherited)
@@ -206,6 +212,9 @@ class Agent:
             log.info("memory: shedding past %d%% of %d MiB resident", cfg.cache.memory_shed_percent,
                      self.memory.limit >> 20)
         tasks.append(loop.create_task(every(MEMORY_TICK, self.memory.check, "memory", failures)))
+        if cfg.handover.snapshot:
+            tasks.append(loop.create_task(every(cfg.handover.snapshot_interval, self._write_snapshot, "snapshot",
+                                                failures)))
         if self.live is not None:
             tasks.append(loop.create_task(every(TICK, self.live.tick, "live", failures)))
         tasks.append(loop.create_task(wait_ready(cfg, self.meters.resolve)))
@@ -263,6 +272,11 @@ class Agent:
             for so in self._send_only:
                 so.close()
             self.tcp.close_all()
+            if cfg.handover.snapshot and not self.handed_over:
+                try:
+                    await self._write_snapshot()
+                except OSError as e:
+                    log.warning("cache snapshot %s: cannot write it (%s)", cfg.handover.snapshot, e.strerror or e)
             if self.handed_over and cfg.handover.linger and not self.signalled.is_set():
                 # A container that exits is restarted by the kubelet (and would take the sockets back):
                 # hold nothing, serve nothing, and wait for the SIGTERM that deletes this pod.
@@ -442,20 +456,28 @@ class Agent:
             want.append(("http", (ipaddress.ip_address(addr[0]).compressed, addr[1])))
         return await handover.inherit(cfg.handover, want, cfg.handover.cache, self.now)
 
-    def _adopt(self, inherited: Inherited) -> None:
-        """The predecessor's cache entries, where our config routes them through the same upstream chain."""
-        if not inherited.records:
+    def _adopt(self, records: list[handover.Record], zones: dict[str, str], source: str) -> None:
+        """Cache entries of a predecessor (or a snapshot), where our config routes them through the same
+        upstream chain as theirs (`zones`: handover.chains() of the config they were cached under)."""
+        if not records:
             return
         mine = handover.chains(self.cfg)
         now = self.now()
         kept = 0
-        for r in inherited.records:
-            theirs = inherited.zones.get(r.zone)
+        for r in records:
+            theirs = zones.get(r.zone)
             if self.resolver.adopt(r.entry, now, lambda zone: theirs == mine.get(zone)):  # noqa: B023 (called at once)
                 kept += 1
-        log.info("handover: %d of %d cache entries kept (the others expired, or their zone's upstreams changed)",
-                 kept, len(inherited.records))
-        inherited.records = []
+        log.info("%s: %d of %d cache entries kept (the others expired, or their zone's upstreams changed)",
+                 source, kept, len(records))
+
+    async def _write_snapshot(self) -> None:
+        """The cache to handover.snapshot (snapshot.py); the file is written in a thread."""
+        path = self.cfg.handover.snapshot
+        if not path or self.handed_over:
+            return  # after a handover the successor's snapshots are the current ones
+        items, zones = self._entries(), handover.chains(self.cfg)
+        await asyncio.get_running_loop().run_in_executor(None, snapshot.write, path, items, zones, self.now())
 
     def _giving(self) -> Giving:
         return Giving(offer=self._offer, entries=self._entries, zones=lambda: handover.chains(self.cfg),

@@ -118,6 +118,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handover-socket", metavar="PATH",
                    help="where a running agent hands its sockets and cache to a successor; '' = off "
                         "[handover.socket]")
+    p.add_argument("--handover-snapshot", metavar="FILE",
+                   help="cache snapshot written periodically and at exit, read at a start without a handover "
+                        "[handover.snapshot]")
     p.add_argument("--handover-linger", action="store_true",
                    help="after handing over, wait for SIGTERM instead of exiting [handover.linger=true]")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serves /metrics [metrics_addr]")
@@ -284,6 +287,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         hand["socket"] = args.handover_socket
     if args.handover_linger:
         hand["linger"] = True
+    if args.handover_snapshot is not None:
+        hand["snapshot"] = args.handover_snapshot
     if not hand:
         del out["handover"]
     for flag, fieldname in (("metrics_addr", "metrics_addr"), ("health_addr", "health_addr"),

@@ -264,6 +264,10 @@ class HandoverConfig:
     cache: bool = _f(True, "send the cache to the successor (remaining TTLs, never extended)")
     linger: bool = _f(False, "after handing over, wait for SIGTERM instead of exiting (a DaemonSet's container: "
                              "the kubelet would restart one that exits)")
+    snapshot: str = _f("", "file the cache is written to every snapshot_interval and at exit, and read at a start "
+                           "without a handover (after a crash or kill -9); empty = none")
+    snapshot_interval: float = _f(30.0, "seconds between cache snapshots", lo=1.0)
+    snapshot_max_age: float = _f(600.0, "seconds after which a snapshot is too old to start from", lo=0)
 
 
 @dataclass(frozen=True)

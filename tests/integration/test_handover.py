@@ -159,3 +159,36 @@ def test_a_second_agent_without_handover_waits_for_the_address_then_gives_up(
         assert first.query(NAMES[2]).answer
     finally:
         first.stop()
+
+
+def test_after_a_crash_the_snapshot_starts_the_agent_warm(names: FakeDNS, host: FakeDNS, tmp_path: Path) -> None:
+    """No predecessor to hand over (it crashed): the cache comes from the snapshot it wrote, TTLs counted on."""
+    snap = tmp_path / "cache.snapshot"
+    conf: dict[str, Any] = {**upstreams(names, host), "handover": {"socket": "", "snapshot": str(snap),
+                                                                   "snapshot_interval": 1.0}}
+    first = RunningAgent(conf).start()
+    try:
+        for n in NAMES[:5]:
+            assert first.query(n).answer
+        ttl = first.query(NAMES[0]).answer[0].ttl
+        assert wait_for(snap.exists, 5)  # the periodic write (a kill -9 would leave this one)
+        time.sleep(1.2)
+    finally:
+        first.stop()
+    asked = names.count(rdtype="A")
+    second = RunningAgent(conf).start()
+    try:
+        for n in NAMES[:5]:
+            assert second.query(n).answer
+        assert names.count(rdtype="A") == asked  # warm: not one of them asked upstream again
+        assert second.query(NAMES[0]).answer[0].ttl < ttl  # the time in between counted, never extended
+    finally:
+        second.stop()
+    # A snapshot that is not one: ignored, the agent starts cold and serves.
+    snap.write_bytes(b"garbage")
+    third = RunningAgent(conf).start()
+    try:
+        assert third.query(NAMES[0]).answer
+        assert names.count(rdtype="A") == asked + 1
+    finally:
+        third.stop()

@@ -36,8 +36,8 @@ def test_no_flags_no_overrides() -> None:
 
 
 def test_handover_flags() -> None:
-    assert over("--handover-socket", "/tmp/h.sock", "--handover-linger") == {
-        "handover": {"socket": "/tmp/h.sock", "linger": True}}
+    assert over("--handover-socket", "/tmp/h.sock", "--handover-linger", "--handover-snapshot", "/tmp/c") == {
+        "handover": {"socket": "/tmp/h.sock", "linger": True, "snapshot": "/tmp/c"}}
     assert over("--dev", "--handover-socket", "/tmp/h.sock")["handover"] == {"socket": "/tmp/h.sock"}
 
 
