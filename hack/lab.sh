@@ -188,6 +188,7 @@ control: {socket: "$STATE/control.sock"}  # nodelocal cache / doctor --socket (n
 handover:
   socket: $STATE/handover.sock  # this lab's own (the node namespace shares the host's /run)
   linger: true                  # as in the DaemonSet: after handing over, wait for SIGTERM
+  snapshot: $STATE/cache.snapshot  # as in the DaemonSet: a restart after kill -9 starts warm
 EOF
 }
 
