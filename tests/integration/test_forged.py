@@ -118,9 +118,11 @@ def agent_for(make_agent: Any, port: int, **group: Any) -> RunningAgent:
         pass
     agent: RunningAgent = make_agent({"upstreams": {
         "cluster": {"servers": [f"127.0.0.1:{cluster.port}"], "try_timeout": 0.3},
-        "host": {"servers": [f"127.0.0.1:{port}"], "transport": "udp", "try_timeout": 3.0, "udp_retransmit": 0,
+        # Generous timers: sending the 65,535-ID flood from Python takes seconds on a busy machine, and the
+        # query must still be in flight when the real answer comes.
+        "host": {"servers": [f"127.0.0.1:{port}"], "transport": "udp", "try_timeout": 12.0, "udp_retransmit": 0,
                  **group},
-    }, "zones": {".": {"forward": ["host"]}}})
+    }, "resolve": {"query_timeout": 15.0}, "zones": {".": {"forward": ["host"]}}})
     return agent
 
 
@@ -130,7 +132,7 @@ def a_records(m: dns.message.Message) -> list[str]:
 
 def test_forged_replies_never_enter_the_cache(hostile: Hostile, make_agent: Any) -> None:
     agent = agent_for(make_agent, hostile.port)
-    first = agent.query(NAME)
+    first = agent.query(NAME, timeout=20.0)
     assert a_records(first) == [REAL]
     assert first.question[0].name.to_text() == NAME  # the client's own spelling, whatever went upstream
     sent = dns.message.from_wire(hostile.seen[0]).question[0].name.to_text()
