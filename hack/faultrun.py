@@ -52,6 +52,23 @@ SAMPLE_RE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)')
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+def collect_pods(procs: dict[str, subprocess.Popen[bytes]], outdir: Path, timeout: float) -> dict[str, Any]:
+    """Wait for each pod's podload (terminated past `timeout`) and read its JSON report; a podload that
+    failed raises with the end of its stderr."""
+    pods = {}
+    for pod, p in procs.items():
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            p.wait(timeout=10)
+        if p.returncode != 0:
+            why = (outdir / f"{pod}.err").read_text()[-2000:]
+            raise RuntimeError(f"podload in {pod} exited {p.returncode}: {why}")
+        pods[pod] = json.loads((outdir / f"{pod}.json").read_text())
+    return pods
+
+
 class Interrupted(Exception):
     pass
 
@@ -191,17 +208,7 @@ class Run:
                 self.event(f"fault {' '.join(actions[k])}")
             if k < len(PHASES):
                 print(f"faultrun: {self.kind}: {PHASES[k]} ({secs[PHASES[k]]:g} s)", file=sys.stderr, flush=True)
-        pods = {}
-        for pod, p in self.procs.items():
-            try:
-                p.wait(timeout=a.timeout + 20)
-            except subprocess.TimeoutExpired:
-                p.terminate()
-                p.wait(timeout=10)
-            if p.returncode != 0:
-                why = (self.outdir / f"{pod}.err").read_text()[-2000:]
-                raise RuntimeError(f"podload in {pod} exited {p.returncode}: {why}")
-            pods[pod] = json.loads((self.outdir / f"{pod}.json").read_text())
+        pods = collect_pods(self.procs, self.outdir, a.timeout + 20)
         return self.report(pods, bounds, secs)
 
     def fault_arg(self) -> tuple[str, ...]:

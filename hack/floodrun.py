@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faultrun import counter, parse_metrics, table  # hack/ is not a package: imported from its folder
+from faultrun import collect_pods, counter, parse_metrics, table  # hack/ is not a package: imported from its folder
 
 REPO = Path(__file__).resolve().parents[1]
 LINK_LOCAL = "169.254.20.10"
@@ -117,17 +117,7 @@ class Flood:
                 self.lab("fault", *(("on", a.fault) if k == 1 else ("off",)))
             if k < len(PHASES):
                 print(f"floodrun: {PHASES[k]} ({secs[PHASES[k]]:g} s)", file=sys.stderr, flush=True)
-        pods = {}
-        for pod, p in self.procs.items():
-            try:
-                p.wait(timeout=a.timeout + 20)
-            except subprocess.TimeoutExpired:
-                p.terminate()
-                p.wait(timeout=10)
-            if p.returncode != 0:
-                raise RuntimeError(f"podload in {pod} exited {p.returncode}: "
-                                   f"{(self.outdir / f'{pod}.err').read_text()[-2000:]}")
-            pods[pod] = json.loads((self.outdir / f"{pod}.json").read_text())
+        pods = collect_pods(self.procs, self.outdir, a.timeout + 20)
         time.sleep(1.0)  # one more RSS sample after the flood's last answers
         self.stop_rss.set()
         outside = self.outside_check()

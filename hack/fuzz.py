@@ -44,33 +44,13 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 import dns.rrset
+from localproc import free_port, rss_kib  # hack/localproc.py: hack/ is not a package, its folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 ZONE = b"\x01h\x04fuzz\x00"  # h.fuzz.: names the hostile upstream answers with hostile bytes
 PROBE_NAME = "alive.probe.fuzz."
 PROBE_IP = "192.0.2.1"
 QTYPES = [1, 28, 15, 16, 5, 33, 6, 2, 12, 39, 255, 65, 43, 46, 99]
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # ---- mutations ---------------------------------------------------------------------------------------
