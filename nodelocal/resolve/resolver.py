@@ -123,6 +123,27 @@ class Resolver:
         name = query[wire.HEADER_LEN : qend - 4].lower()
         return self.router.match(labels_of_wire(name)).parts[0].zid
 
+    def cached_reply(self, query: bytes) -> bytes | None:
+        """The TCP reply from a live cache entry, or None when the query is not a plain hit. For a query that
+        may not start a task (its client's cap on queries in flight is reached): hits still flow, as they do
+        over UDP, where the cap applies to the slow path only. The same checks as `answer` up to step 6."""
+        if len(query) < wire.HEADER_LEN or query[2] & (wire.QR | wire.OPCODE_MASK):
+            return None
+        try:
+            qend = wire.question_end(query)
+            if query[4:10] != b"\x00\x01\x00\x00\x00\x00" or query[10] != 0 or query[11] > 1:
+                return None
+            opt = wire.parse_opt(query, qend) if query[11] else None
+        except WireError:
+            return None
+        if opt is not None and opt.version > 0:
+            return None
+        rd, cd, do = bool(query[2] & wire.RD), bool(query[3] & wire.CD), bool(opt and opt.do)
+        key = wire.question_key(query, qend, wire.key_suffix(rd, cd, do))
+        now = self.now()
+        hit = self.store.get(key, now) if key in self.store.index else None
+        return None if hit is None else hit.render(query, qend, 0, opt is not None, now)
+
     async def answer(self, query: bytes, tcp: bool) -> bytes | None:
         """The reply to one client query, or None when it must be dropped. The listener that called
         counts the outcome and times it (server/metrics.py)."""

@@ -107,7 +107,17 @@ class TCPConnection(asyncio.Protocol):
         while self.waiting and self.inflight < srv.max_pipelined:
             msg = self.waiting.popleft()
             if clients is not None and not clients.take(self.peer):
-                # The client's cap on queries in flight (over UDP and TCP together): REFUSED at once.
+                # The client's cap on queries in flight (over UDP and TCP together). A cache hit is answered
+                # all the same (it takes no upstream query and no task); anything else gets REFUSED at once.
+                t0 = time.monotonic()
+                hit = srv.resolver.cached_reply(msg)
+                if hit is not None:
+                    srv.stats.count_reply(self.counters, srv.resolver.zone_of(msg), hit, time.monotonic() - t0)
+                    if self.transport is not None and not self.transport.is_closing():
+                        self.transport.write(frame(hit))
+                        if srv.qlog is not None:
+                            srv.qlog.record(msg, hit, self.peer_addr, "tcp", time.monotonic() - t0)
+                    continue
                 srv.stats.limited[("pending", "refused")] += 1
                 self.counters.requests[NO_ZONE_ID] += 1
                 reply = reply_for(msg, REFUSED)

@@ -144,6 +144,34 @@ def test_tcp_queries_count_against_the_client_cap(cluster: Any, host: Any, make_
     assert a.metric("nodelocal_client_state_entries", kind="pending") == 0  # released when answered
 
 
+def test_tcp_hits_flow_for_a_client_at_its_cap(cluster: Any, host: Any, make_agent: Any) -> None:
+    """The cap is on the slow path: a client whose misses fill it still gets its cache hits over TCP (a pod's
+    resolver pipelining on one connection), as it does over UDP; only its further misses are REFUSED."""
+    for i in range(2):
+        cluster.behaviour[f"slow{i}.example.test."] = "drop"
+        host.behaviour[f"slow{i}.example.test."] = "drop"
+    a = make_agent({**upstreams(cluster, host, try_timeout=0.5), "clients": {"max_pending": 2},
+                    "resolve": {"query_timeout": 1.0}})
+    assert ask_from(OUTSIDE, a.port, dns.message.make_query("web.default.svc.cluster.local", "A"), tcp=True)
+    names = ["slow0.example.test", "slow1.example.test", "web.default.svc.cluster.local", "fresh.example.test"]
+    with socket.create_connection(("127.0.0.1", a.port), timeout=5, source_address=(OUTSIDE, 0)) as s:
+        for n in names:
+            w = dns.message.make_query(n, "A").to_wire()
+            s.sendall(struct.pack(">H", len(w)) + w)
+        got = {}
+        for _ in names:
+            size = struct.unpack(">H", s.recv(2))[0]
+            data = b""
+            while len(data) < size:
+                data += s.recv(size - len(data))
+            m = dns.message.from_wire(data)
+            got[m.question[0].name.to_text().rstrip(".")] = m
+    hit = got["web.default.svc.cluster.local"]
+    assert hit.rcode() == dns.rcode.NOERROR and hit.answer  # answered from the cache while at the cap
+    assert got["fresh.example.test"].rcode() == dns.rcode.REFUSED  # a miss past the cap
+    assert a.metric("nodelocal_client_limited_total", reason="pending") == 1
+
+
 def test_metrics_bind_the_node_address_and_loopback_only(cluster: Any, host: Any, make_agent: Any,
                                                           monkeypatch: Any) -> None:
     from tests.fakedns import free_port
