@@ -62,3 +62,12 @@ def test_commands_are_spelt_one_way() -> None:
     # Root is assumed (a node, a lab machine): `sudo` may be named once, where the README says so.
     assert README.count("sudo") == 1
     assert ".venv/bin/nodelocal" not in README
+
+
+def test_layout_names_every_module() -> None:
+    layout = README.split("## Layout", 1)[1]
+    pkg = Path(__file__).resolve().parents[2] / "nodelocal"
+    hack = pkg.parent / "hack"
+    files = [*pkg.glob("*/*.py"), *hack.glob("*.py"), *hack.glob("*.sh"), *hack.glob("bench/*.py")]
+    missing = [f"{m.parent.name}/{m.name}" for m in sorted(files) if m.name != "__init__.py" and m.name not in layout]
+    assert not missing, f"README's Layout does not name: {missing}"
