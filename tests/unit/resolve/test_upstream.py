@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import struct
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -383,10 +384,17 @@ def udp_ask(pool: UDPPool, name: str = NAME, timeout: float = 5.0, retransmit: f
 
 
 def fixed_draws(monkeypatch: pytest.MonkeyPatch, first: list[int]) -> None:
-    """secrets.randbits as the pool sees it: the values in `first`, then the real thing."""
+    """secrets.randbits as the pool sees it: the values in `first`, then the real thing. Only draws made in
+    this test's thread take from `first`: an agent that an earlier test left running in a thread of this
+    process draws IDs too, and must not take this test's values."""
     real = secrets.randbits
     queue = list(first)
-    monkeypatch.setattr(secrets, "randbits", lambda k: queue.pop(0) if queue else real(k))
+    mine = threading.get_ident()
+
+    def draw(k: int) -> int:
+        return queue.pop(0) if queue and threading.get_ident() == mine else real(k)
+
+    monkeypatch.setattr(secrets, "randbits", draw)
 
 
 def test_udp_ids_are_unique_among_a_sockets_pending_queries(monkeypatch: pytest.MonkeyPatch) -> None:
