@@ -72,6 +72,15 @@ def synthesized(rcode: int, rd: bool, cd: bool, do: bool, now: float) -> Entry:
     return Entry(b"", rcode, DENIAL, hdr, b"", (), (), do, now, 0)
 
 
+def scan_query(query: bytes) -> tuple[int, wire.Opt | None]:
+    """Step 3 of the pipeline: the end of the question and the OPT record of a well-formed query (exactly one
+    question, nothing but an OPT beside it); WireError for anything else."""
+    qend = wire.question_end(query)
+    if query[4:10] != b"\x00\x01\x00\x00\x00\x00" or query[10] != 0 or query[11] > 1:
+        raise WireError("a query carries one question and at most an OPT record")
+    return qend, (wire.parse_opt(query, qend) if query[11] else None)
+
+
 class Resolver:
     """Answers queries from the cache, or by forwarding through the zone's chain."""
 
@@ -130,10 +139,7 @@ class Resolver:
         if len(query) < wire.HEADER_LEN or query[2] & (wire.QR | wire.OPCODE_MASK):
             return None
         try:
-            qend = wire.question_end(query)
-            if query[4:10] != b"\x00\x01\x00\x00\x00\x00" or query[10] != 0 or query[11] > 1:
-                return None
-            opt = wire.parse_opt(query, qend) if query[11] else None
+            qend, opt = scan_query(query)
         except WireError:
             return None
         if opt is not None and opt.version > 0:
@@ -161,10 +167,7 @@ class Resolver:
             return wire.error_reply(query, wire.NOTIMP)
         # 3. Well-formed, exactly one question, nothing but an OPT beside it.
         try:
-            qend = wire.question_end(query)
-            if query[4:10] != b"\x00\x01\x00\x00\x00\x00" or query[10] != 0 or query[11] > 1:
-                raise WireError("a query carries one question and at most an OPT record")
-            opt = wire.parse_opt(query, qend) if query[11] else None
+            qend, opt = scan_query(query)
         except WireError:
             return wire.error_reply(query, wire.FORMERR)
         # 4. EDNS versions above 0 get BADVERS (RFC 6891 §6.1.3).
