@@ -91,12 +91,16 @@ class TCPConnection(asyncio.Protocol):
         stats = self.server.stats
         for msg in pop_frames(self.buf):
             self.asked += 1
-            self.counters.requests[NO_ZONE_ID] += 1  # refused before any zone took it (zone="dropped")
             stats.limited[("acl", "refused")] += 1
-            reply = reply_for(msg, REFUSED)
-            if reply is not None and self.transport is not None and not self.transport.is_closing():
-                self.counters.rcodes[NO_ZONE_ID][REFUSED] += 1
-                self.transport.write(frame(reply))
+            self._refuse(msg)
+
+    def _refuse(self, msg: bytes) -> None:
+        """REFUSED before any zone took the query (zone="dropped"): the access list or the client's cap."""
+        self.counters.requests[NO_ZONE_ID] += 1
+        reply = reply_for(msg, REFUSED)
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.counters.rcodes[NO_ZONE_ID][REFUSED] += 1
+            self.transport.write(frame(reply))
 
     def _start_waiting(self) -> None:
         """Start queries read so far, up to max_pipelined in flight; at the cap, stop reading (RFC 7766 §6.2.1.1:
@@ -119,11 +123,7 @@ class TCPConnection(asyncio.Protocol):
                             srv.qlog.record(msg, hit, self.peer_addr, "tcp", time.monotonic() - t0)
                     continue
                 srv.stats.limited[("pending", "refused")] += 1
-                self.counters.requests[NO_ZONE_ID] += 1
-                reply = reply_for(msg, REFUSED)
-                if reply is not None and self.transport is not None and not self.transport.is_closing():
-                    self.counters.rcodes[NO_ZONE_ID][REFUSED] += 1
-                    self.transport.write(frame(reply))
+                self._refuse(msg)
                 continue
             self.inflight += 1
             if self.idle is not None:

@@ -220,6 +220,10 @@ class UDPServer(asyncio.DatagramProtocol):
             self.limited[("acl", "dropped")] += 1
             return
         self.limited[("acl", "refused")] += 1
+        self._refuse(data, addr)
+
+    def _refuse(self, data: bytes, addr: Any) -> None:
+        """REFUSED before any zone took the query (its request is counted by the caller, zone="dropped")."""
         reply = reply_for(data, REFUSED)
         if reply is not None:
             self.zrcodes[NO_ZONE_ID][REFUSED] += 1
@@ -253,10 +257,7 @@ class UDPServer(asyncio.DatagramProtocol):
             # the whole miss budget. REFUSED at once (server/clients.py says why not SERVFAIL).
             self.limited[("pending", "refused")] += 1
             self.requests[NO_ZONE_ID] += 1
-            reply = reply_for(data, REFUSED)
-            if reply is not None:
-                self.zrcodes[NO_ZONE_ID][REFUSED] += 1
-                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            self._refuse(data, addr)
             return
         stats.pending += 1
         task = asyncio.get_running_loop().create_task(self._answer(data, addr, self.now(), clients is not None
