@@ -52,6 +52,19 @@ SAMPLE_RE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)')
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+def stop_procs(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every podload still running, then wait for each (killed past 10 s)."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def collect_pods(procs: dict[str, subprocess.Popen[bytes]], outdir: Path, timeout: float) -> dict[str, Any]:
     """Wait for each pod's podload (terminated past `timeout`) and read its JSON report; a podload that
     failed raises with the end of its stderr."""
@@ -220,15 +233,7 @@ class Run:
 
     def stop(self) -> None:
         """Whatever happened: the podloads ended, the fault off and its proxy gone."""
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_procs(self.procs)
         try:
             self.lab("fault", "reset", check=False)
         except subprocess.TimeoutExpired:

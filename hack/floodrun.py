@@ -34,7 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faultrun import collect_pods, counter, parse_metrics, table  # hack/ is not a package: imported from its folder
+# hack/ is not a package: imported from its folder
+from faultrun import collect_pods, counter, parse_metrics, stop_procs, table
 
 REPO = Path(__file__).resolve().parents[1]
 LINK_LOCAL = "169.254.20.10"
@@ -162,15 +163,7 @@ class Flood:
 
     def stop(self) -> None:
         self.stop_rss.set()
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_procs(self.procs)
         if self.args.fault:
             self.sh([self.args.lab, "fault", "reset"], check=False)
         self.cleanup()

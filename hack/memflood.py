@@ -81,6 +81,17 @@ class Upstream:
         self.sock.close()
 
 
+def drain(sock: socket.socket) -> int:
+    """Read every reply waiting on the non-blocking client socket; how many there were."""
+    n = 0
+    while True:
+        try:
+            sock.recv(4096)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
 def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         body = r.read().decode()
@@ -142,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                     + b"\x00\x01\x00\x01"
                 sock.sendto(q, ("127.0.0.1", port))
                 sent += 1
-            while True:
-                try:
-                    sock.recv(4096)
-                    answered += 1
-                except BlockingIOError:
-                    break
+            answered += drain(sock)
             if now >= next_sample:
                 next_sample += 1.0
                 samples.append({"t": round(now - t0, 1), "sent": sent, "answered": answered,
@@ -157,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             if due <= 0:
                 time.sleep(0.002)
         time.sleep(2.0)
-        while True:
-            try:
-                sock.recv(4096)
-                answered += 1
-            except BlockingIOError:
-                break
+        answered += drain(sock)
         rss1 = rss_kib(agent.pid)
         shed = metric(mport, "nodelocal_memory_shed_total")
         alive = agent.poll() is None
